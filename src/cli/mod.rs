@@ -1,0 +1,22 @@
+//! Subcommand implementations; `main.rs` only parses arguments and dispatches.
+
+pub mod check;
+pub mod demo;
+pub mod judge;
+pub mod judge_file;
+pub mod judge_prometheus;
+pub mod simulate;
+
+use std::process::ExitCode;
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for "the input was judged bad" (invalid policy, rollback verdict).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for usage or I/O errors.
+pub const EXIT_ERROR: u8 = 2;
+
+/// Converts a numeric exit code.
+pub fn exit(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}

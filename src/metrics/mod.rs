@@ -1,0 +1,1 @@
+//! Metric sources: the `MetricSource` trait and its Prometheus implementation.

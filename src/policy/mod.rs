@@ -1,0 +1,5 @@
+//! Policy files: raw serde types → `validate()` (collects every error) → typed [`Policy`].
+
+mod types;
+
+pub use types::*;

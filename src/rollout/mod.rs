@@ -1,0 +1,1 @@
+//! The rollout engine: a pure state machine `(state, observation) → (state, actions)`.
