@@ -5,11 +5,13 @@
 //! the edges.
 
 pub mod cli;
+pub mod demo;
 pub mod judge;
 pub mod metrics;
 pub mod observation;
 pub mod policy;
 pub mod rollout;
+pub mod simulate;
 
 /// Errors canaryd reports, named by the operation that failed.
 #[derive(Debug, thiserror::Error)]
