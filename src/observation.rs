@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct WindowObservation {
     /// Seconds since the analysis started, at the close of this window.
     pub at_secs: f64,
+    /// The canary's intended share of canary+baseline traffic in this window
+    /// (from pod counts or router weights), for the sample-ratio-mismatch check.
+    pub expected_canary_share: Option<f64>,
     /// One entry per policy metric, in policy order.
     pub metrics: Vec<MetricWindow>,
 }
