@@ -4,6 +4,7 @@
 //! state machine do no I/O. Metric queries, Kubernetes calls and HTTP live at
 //! the edges.
 
+pub mod alerts;
 pub mod cli;
 pub mod demo;
 pub mod judge;
