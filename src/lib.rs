@@ -12,7 +12,9 @@ pub mod metrics;
 pub mod observation;
 pub mod policy;
 pub mod rollout;
+pub mod server;
 pub mod simulate;
+pub mod telemetry;
 
 /// Errors canaryd reports, named by the operation that failed.
 #[derive(Debug, thiserror::Error)]
