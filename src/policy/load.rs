@@ -1,0 +1,377 @@
+//! Reading policy files: size limit, UTF-8, YAML, serde, then validation.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter, Spanned};
+
+use super::error::{PolicyError, PolicyErrors};
+use super::raw::{Node, RawPolicy};
+use super::types::Policy;
+use super::validate::{located, validate, Validated};
+
+/// Largest policy file accepted, checked before reading.
+pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+
+/// Parses and validates one policy from YAML text; `file` is used in messages.
+pub fn parse_str(src: &str, file: &Path) -> Result<Policy, PolicyErrors> {
+    parse_validated(src, file).map(|v| v.policy)
+}
+
+/// Reads, parses and validates one policy file.
+pub fn load_file(path: &Path) -> Result<Policy, PolicyErrors> {
+    load_validated(path).map(|v| v.policy)
+}
+
+/// Loads policy files and directories (every `*.yaml`/`*.yml` directly in a
+/// directory, sorted by name). Reports every error of every file, and a second
+/// policy for a namespace/Deployment that already has one.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match policy_files_in(p) {
+                Ok(found) if found.is_empty() => errors.push(whole_file(
+                    p,
+                    "no policy files (*.yaml, *.yml) in this directory",
+                )),
+                Ok(found) => files.extend(found),
+                Err(e) => errors.push(whole_file(p, format!("cannot list directory: {e}"))),
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    // The same file named twice (e.g. a directory and a file in it) is loaded once.
+    let mut unique: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for f in files {
+        let key = fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
+        if !unique.iter().any(|(k, _)| *k == key) {
+            unique.push((key, f));
+        }
+    }
+
+    let mut policies: Vec<Policy> = Vec::new();
+    for (_, f) in unique {
+        match load_validated(&f) {
+            Ok(v) => {
+                let first = policies.iter().find(|p| {
+                    p.namespace == v.policy.namespace && p.deployment == v.policy.deployment
+                });
+                if let Some(first) = first {
+                    errors.push(located(
+                        &f,
+                        v.deployment_at,
+                        "deployment",
+                        format!(
+                            "Deployment {}/{} already has a policy in {}; expected one policy per Deployment",
+                            v.policy.namespace,
+                            v.policy.deployment,
+                            first.source.display()
+                        ),
+                    ));
+                } else {
+                    policies.push(v.policy);
+                }
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
+
+fn policy_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml");
+        if is_yaml && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn whole_file(file: &Path, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        path: String::new(),
+        message: message.into(),
+    }
+}
+
+fn too_large(file: &Path, size: u64) -> PolicyError {
+    whole_file(
+        file,
+        format!(
+            "file is {size} bytes; policy files are limited to {MAX_POLICY_BYTES} bytes (1 MiB)"
+        ),
+    )
+}
+
+pub(crate) fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
+    let meta =
+        fs::metadata(path).map_err(|e| whole_file(path, format!("cannot read file: {e}")))?;
+    if meta.is_dir() {
+        return Err(whole_file(path, "expected a policy file, found a directory").into());
+    }
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(too_large(path, meta.len()).into());
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| whole_file(path, format!("cannot read file: {e}")))?;
+    // The file may have grown since the size check.
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(too_large(path, bytes.len() as u64).into());
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            // Valid prefix, so this cannot fail; the fallback only avoids a panic path.
+            let prefix = std::str::from_utf8(good).unwrap_or("");
+            let line = prefix.matches('\n').count() + 1;
+            let column = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            return Err(PolicyError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                path: String::new(),
+                message: "expected UTF-8 YAML text, found an invalid byte".into(),
+            }
+            .into());
+        }
+    };
+    parse_validated(&text, path)
+}
+
+const EMPTY: &str =
+    "file has no YAML document; expected a policy mapping with service, namespace, deployment and analysis";
+
+pub(crate) fn parse_validated(src: &str, file: &Path) -> Result<Validated, PolicyErrors> {
+    if src.len() as u64 > MAX_POLICY_BYTES {
+        return Err(too_large(file, src.len() as u64).into());
+    }
+    if src.trim().is_empty() {
+        return Err(whole_file(file, EMPTY).into());
+    }
+    // A schema-free parse first: syntax errors, empty documents and a wrong
+    // top-level kind get clear messages, and serde errors get a field path.
+    let tree: Spanned<Node> =
+        serde_saphyr::from_str(src).map_err(|e| yaml_error(file, &e, None))?;
+    match &tree.value {
+        Node::Map(_) => {}
+        Node::Null => return Err(whole_file(file, EMPTY).into()),
+        other => {
+            return Err(located(
+                file,
+                tree.referenced,
+                "",
+                format!(
+                    "expected a mapping of policy fields at the top level, found {}",
+                    other.kind_name()
+                ),
+            )
+            .into())
+        }
+    }
+    let raw: Spanned<RawPolicy> =
+        serde_saphyr::from_str(src).map_err(|e| yaml_error(file, &e, Some(&tree)))?;
+    validate(&raw, file)
+}
+
+/// Converts a serde-saphyr error into a located policy error with a field path.
+fn yaml_error(file: &Path, e: &serde_saphyr::Error, tree: Option<&Spanned<Node>>) -> PolicyError {
+    use serde_saphyr::Error as E;
+    let mut e = e.without_snippet();
+    if let E::AliasError { error, .. } = e {
+        e = error.without_snippet();
+    }
+    let at = e.location().unwrap_or(Location::UNKNOWN);
+    let is_key = matches!(
+        e,
+        E::SerdeUnknownField { .. } | E::DuplicateMappingKey { .. }
+    );
+    let (path, found) = tree
+        .and_then(|t| path_at(t, at, is_key))
+        .unwrap_or_default();
+    let message = match e {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => unknown_field(field, expected),
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        }
+        | E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {unexpected}"),
+        E::SerdeUnknownVariant {
+            variant, expected, ..
+        } => format!("expected {}, found {variant:?}", choices(expected)),
+        E::DuplicateMappingKey { key: Some(k), .. } => {
+            format!("duplicate key {k:?}; each key may appear once")
+        }
+        E::DuplicateMappingKey { key: None, .. } => {
+            "duplicate key; each key may appear once".into()
+        }
+        E::MultipleDocuments { .. } => {
+            "expected one YAML document per policy file, found several".into()
+        }
+        E::Unexpected { expected, .. } if !found.is_empty() => {
+            format!("expected {}, found {found}", plain_expected(expected))
+        }
+        other => {
+            let text = one_line(&DefaultMessageFormatter.format_message(other));
+            if tree.is_none() {
+                format!("invalid YAML: {text}")
+            } else {
+                text
+            }
+        }
+    };
+    located(file, at, path, message)
+}
+
+/// serde-saphyr's token names ("string scalar", "mapping start") as policy words.
+fn plain_expected(expected: &str) -> String {
+    match expected {
+        "mapping start" | "mapping" => "a mapping".into(),
+        "sequence start" | "sequence" => "a list".into(),
+        "string scalar" => "a string".into(),
+        other => other.to_owned(),
+    }
+}
+
+fn choices(options: &[&str]) -> String {
+    match options {
+        [] => "nothing".into(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+fn unknown_field(field: &str, expected: &[&str]) -> String {
+    let close = expected
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case(field) || edit_distance(c, field) <= 2);
+    let hint = close.map_or(String::new(), |c| format!(" (did you mean {c:?}?)"));
+    format!(
+        "unknown field {field:?}{hint}; expected one of: {}",
+        expected.join(", ")
+    )
+}
+
+/// Levenshtein distance, for "did you mean" hints on short field names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn same(a: Location, b: Location) -> bool {
+    a.line() == b.line() && a.column() == b.column() && a.line() > 0
+}
+
+/// The field path at a location and the kind of node found there. Keys match
+/// the deepest key (unknown fields); values the shallowest value, because a
+/// container starts where its first child does.
+fn path_at(tree: &Spanned<Node>, at: Location, key: bool) -> Option<(String, String)> {
+    fn walk(
+        node: &Spanned<Node>,
+        at: Location,
+        key: bool,
+        prefix: &str,
+        best: &mut Option<(String, String)>,
+    ) {
+        if !key && best.is_none() && same(node.referenced, at) {
+            *best = Some((prefix.to_owned(), node.value.kind_name().to_owned()));
+            return;
+        }
+        match &node.value {
+            Node::Map(entries) => {
+                for (k, v) in entries {
+                    let name = match &k.value {
+                        Node::Scalar(s) => s.as_str(),
+                        _ => "?",
+                    };
+                    let p = if prefix.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    if key && same(k.referenced, at) {
+                        *best = Some((p.clone(), "a key".to_owned()));
+                    }
+                    walk(v, at, key, &p, best);
+                }
+            }
+            Node::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, at, key, &format!("{prefix}[{i}]"), best);
+                }
+            }
+            Node::Null | Node::Scalar(_) => {}
+        }
+    }
+    let mut best = None;
+    walk(tree, at, key, "", &mut best);
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("interval", "intervall"), 1);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
+
+    #[test]
+    fn unknown_field_suggests_close_names() {
+        assert_eq!(
+            unknown_field("intervall", &["interval", "alpha"]),
+            "unknown field \"intervall\" (did you mean \"interval\"?); expected one of: interval, alpha"
+        );
+        assert_eq!(
+            unknown_field("zzz", &["interval"]),
+            "unknown field \"zzz\"; expected one of: interval"
+        );
+    }
+}
