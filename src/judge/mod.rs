@@ -4,11 +4,31 @@
 //! - [`Evidence`]: serializable accumulated observations for one rollout.
 //! - [`Evidence::record`]: folds one closed window in.
 //! - [`evaluate`]: the verdict for everything seen so far.
+//!
+//! Sequential mode (default) uses anytime-valid e-processes (see
+//! `docs/judge.md`): errors and latency buckets by a conditional-binomial
+//! mixture martingale, gauges by a sequential sign test, with one
+//! false-rollback budget `alpha` shared by all metrics through e-value
+//! averaging. Classic mode is Kayenta-style Mann-Whitney scoring.
+
+pub mod classic;
+pub mod grid;
+pub mod histogram;
+pub mod mannwhitney;
+mod record;
+pub mod report;
+pub mod sequential;
 
 use serde::{Deserialize, Serialize};
 
 use crate::observation::WindowObservation;
-use crate::policy::Analysis;
+use crate::policy::{Analysis, JudgeMode};
+
+pub use classic::{ClassicMetricConfig, NanStrategy, OutlierStrategy};
+pub use report::{
+    ArmReport, BoundaryReport, BoundsReport, Interval, MetricReport, MetricStatus, ScoreReport,
+    SrmReport, TrafficNeeded,
+};
 
 /// What the judge recommends after a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,31 +46,212 @@ pub enum Decision {
 
 /// A verdict and the numbers behind it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Verdict {
     /// The decision.
     pub decision: Decision,
     /// One-line human summary with the key numbers.
     pub reason: String,
-}
-
-/// Everything observed in one rollout so far, in a compact serializable form.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Evidence {
-    /// Windows recorded.
+    /// `sequential` or `classic`.
+    #[serde(default)]
+    pub mode: String,
+    /// Windows judged.
+    #[serde(default)]
     pub windows: u32,
+    /// The rollout's false-rollback budget.
+    #[serde(default)]
+    pub alpha: f64,
+    /// Sample-ratio-mismatch check of the traffic split, when it could run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srm: Option<SrmReport>,
+    /// Classic-mode score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreReport>,
+    /// One report per policy metric, in policy order.
+    #[serde(default)]
+    pub metrics: Vec<MetricReport>,
 }
 
-impl Evidence {
-    /// Folds one closed window into the evidence.
-    pub fn record(&mut self, _window: &WindowObservation) {
-        self.windows += 1;
+impl Verdict {
+    /// A verdict without per-metric details.
+    pub fn new(decision: Decision, reason: impl Into<String>) -> Self {
+        Verdict {
+            decision,
+            reason: reason.into(),
+            mode: String::new(),
+            windows: 0,
+            alpha: 0.0,
+            srm: None,
+            score: None,
+            metrics: Vec::new(),
+        }
     }
 }
 
+/// Everything observed in one rollout so far, in a compact serializable form:
+/// cumulative sums per metric and arm, cumulative log likelihood ratios on a
+/// fixed grid, and one small value per window and arm (for classic mode and
+/// absolute bounds).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// Windows recorded.
+    pub windows: u32,
+    /// `at_secs` of the last recorded window.
+    #[serde(default)]
+    pub at_secs: f64,
+    /// Traffic split bookkeeping for the sample-ratio-mismatch check.
+    #[serde(default)]
+    pub srm: SrmEvidence,
+    /// Per metric, in order of first appearance.
+    #[serde(default)]
+    pub metrics: Vec<MetricEvidence>,
+}
+
+/// Request counts and the SRM e-process.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SrmEvidence {
+    /// Canary requests in windows with an expected share.
+    pub canary: f64,
+    /// Baseline requests in windows with an expected share.
+    pub baseline: f64,
+    /// Sum over windows of expected share × window requests.
+    pub expected_canary: f64,
+    /// Cumulative log likelihood ratios of the canary's odds of a request.
+    #[serde(default)]
+    pub loglik: grid::LogLik,
+    /// Largest `ln e` seen (the check is sticky: Ville's inequality bounds the
+    /// chance of ever crossing, so a crossing is not undone later).
+    #[serde(default)]
+    pub max_log_e: f64,
+    /// First window (1-based) at which the SRM threshold was crossed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged_at: Option<u32>,
+}
+
+/// One metric's accumulated evidence.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricEvidence {
+    /// Policy metric name.
+    pub name: String,
+    /// Windows with usable data for both arms.
+    pub windows: u32,
+    /// Windows without usable data.
+    pub no_data: u32,
+    /// Why the last unusable window was unusable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
+    /// Error/request counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<CountsEvidence>,
+    /// Latency histograms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyEvidence>,
+    /// Gauge values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gauge: Option<GaugeEvidence>,
+    /// One value per usable window and arm (capped at [`MAX_SERIES`]).
+    #[serde(default)]
+    pub series: Vec<SeriesPoint>,
+}
+
+/// Longest per-window series kept (a day of one-minute windows).
+pub const MAX_SERIES: usize = 1440;
+
+/// Cumulative error and request counts plus the conditional test's state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CountsEvidence {
+    /// Canary errors.
+    pub canary_errors: f64,
+    /// Canary requests.
+    pub canary_total: f64,
+    /// Baseline errors.
+    pub baseline_errors: f64,
+    /// Baseline requests.
+    pub baseline_total: f64,
+    /// Cumulative log likelihood ratio per grid ratio.
+    pub loglik: grid::LogLik,
+}
+
+/// Cumulative bucket counts plus one conditional test per finite boundary.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyEvidence {
+    /// Finite bucket bounds (the `+Inf` bucket is implicit).
+    pub le: Vec<f64>,
+    /// Canary cumulative counts per bound, then the total.
+    pub canary: Vec<f64>,
+    /// Baseline cumulative counts per bound, then the total.
+    pub baseline: Vec<f64>,
+    /// Per finite bound: test of "latency > bound" events.
+    pub loglik: Vec<grid::LogLik>,
+}
+
+/// Gauge sums and the sequential sign test's state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GaugeEvidence {
+    /// Sum of canary values.
+    pub canary_sum: f64,
+    /// Sum of baseline values.
+    pub baseline_sum: f64,
+    /// Windows where the canary was higher.
+    pub higher: u32,
+    /// Windows where the canary was lower.
+    pub lower: u32,
+    /// Log likelihood ratios of the odds that the canary is higher.
+    pub loglik: grid::LogLik,
+}
+
+/// One window's summary value per arm: error ratio, latency p90 (plus the
+/// canary's p99 for bounds) or gauge value; `None` when undefined.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// Canary value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<f64>,
+    /// Baseline value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b: Option<f64>,
+    /// Canary p99 (latency only), checked against absolute bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c99: Option<f64>,
+}
+
+impl Evidence {
+    /// Folds one closed window into the evidence. Unusable values (NaN,
+    /// negative counts, differing bucket bounds…) make that window count as
+    /// "no data" for the metric, with the reason kept for the verdict.
+    pub fn record(&mut self, window: &WindowObservation) {
+        record::record(self, window);
+    }
+
+    /// The evidence for metric `name`, if any window mentioned it.
+    pub fn metric(&self, name: &str) -> Option<&MetricEvidence> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
+}
+
+/// Per-metric settings the policy does not (yet) carry; defaults are derived
+/// from the [`crate::policy::MetricSpec`]. Used by `canaryd judge` documents.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JudgeOptions {
+    /// Classic-mode settings by metric name (missing: defaults).
+    pub classic: Vec<(String, ClassicMetricConfig)>,
+}
+
 /// Judges all evidence so far against the policy's analysis settings.
-pub fn evaluate(_analysis: &Analysis, _evidence: &Evidence) -> Verdict {
-    Verdict {
-        decision: Decision::Inconclusive,
-        reason: "judge under construction".into(),
+pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
+    evaluate_with(analysis, &JudgeOptions::default(), evidence)
+}
+
+/// [`evaluate`] with explicit per-metric options.
+pub fn evaluate_with(analysis: &Analysis, options: &JudgeOptions, evidence: &Evidence) -> Verdict {
+    match &analysis.mode {
+        JudgeMode::Sequential => sequential::evaluate(analysis, evidence),
+        JudgeMode::Classic(settings) => classic::evaluate(analysis, settings, options, evidence),
     }
 }
