@@ -1,1 +1,21 @@
-//! The rollout engine: a pure state machine `(state, observation) → (state, actions)`.
+//! The rollout engine: a pure state machine `(policy, state, input) → (state, actions)`.
+//!
+//! No I/O, no logging, no clock: the Kubernetes layer (or `canaryd simulate`)
+//! observes the cluster, closes observation windows, calls [`step`], carries
+//! out the returned [`Action`]s in order and stores the [`RolloutState`].
+//! See `docs/rollout.md` for the phases and transitions.
+
+mod action;
+mod engine;
+mod input;
+mod plan;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use action::{Action, EventKind, Reason};
+pub use engine::{format_secs, next_window_close, step, step_with};
+pub use input::{Input, PodCounts, Target};
+pub use plan::{expected_canary_share, planned_step, step_count, PlannedStep, ReadyPods};
+pub use state::{Phase, RolloutState, StateError, VerdictRecord, MAX_VERDICTS, STATE_VERSION};
