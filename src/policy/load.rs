@@ -171,8 +171,11 @@ pub(crate) fn parse_validated(src: &str, file: &Path) -> Result<Validated, Polic
     }
     // A schema-free parse first: syntax errors, empty documents and a wrong
     // top-level kind get clear messages, and serde errors get a field path.
-    let tree: Spanned<Node> =
-        serde_saphyr::from_str(src).map_err(|e| yaml_error(file, &e, None))?;
+    // Duplicate keys are tolerated here so the typed pass can report them with a path.
+    let mut lenient = serde_saphyr::Options::default();
+    lenient.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    let tree: Spanned<Node> = serde_saphyr::from_str_with_options(src, lenient)
+        .map_err(|e| yaml_error(file, &e, None))?;
     match &tree.value {
         Node::Map(_) => {}
         Node::Null => return Err(whole_file(file, EMPTY).into()),
@@ -234,6 +237,14 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error, tree: Option<&Spanned<Node>>
         }
         E::MultipleDocuments { .. } => {
             "expected one YAML document per policy file, found several".into()
+        }
+        E::InvalidScalar { ty, .. } if !found.is_empty() => {
+            let ty = if *ty == "boolean" {
+                "true or false"
+            } else {
+                ty
+            };
+            format!("expected {}, found {found}", plain_expected(ty))
         }
         E::Unexpected { expected, .. } if !found.is_empty() => {
             format!("expected {}, found {found}", plain_expected(expected))
@@ -318,7 +329,11 @@ fn path_at(tree: &Spanned<Node>, at: Location, key: bool) -> Option<(String, Str
         best: &mut Option<(String, String)>,
     ) {
         if !key && best.is_none() && same(node.referenced, at) {
-            *best = Some((prefix.to_owned(), node.value.kind_name().to_owned()));
+            let found = match &node.value {
+                Node::Scalar(text) => format!("{text:?}"),
+                other => other.kind_name().to_owned(),
+            };
+            *best = Some((prefix.to_owned(), found));
             return;
         }
         match &node.value {

@@ -409,6 +409,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err(bad());
     }
+    if s.starts_with('-') {
+        return Err(format!("duration must be positive, found {s:?}"));
+    }
     // Units from largest to smallest, in milliseconds.
     const UNITS: [(&str, u64); 4] = [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
     let mut rest = s;
@@ -837,7 +840,8 @@ fn validate_canary(
                             format_size(prev)
                         ),
                     );
-                } else if new == old && !weight_grows {
+                } else if new == old && !weight_grows && step.weight.is_none() {
+                    // With a weight present the weight message below says it once.
                     ctx.err(
                         loc,
                         join(&path, "size"),
@@ -1169,6 +1173,8 @@ pub(crate) fn check_template(t: &str) -> Vec<String> {
         return problems;
     }
     let mut rest = t;
+    // An unknown variable is usually a misspelt {{podRegex}}; say that once.
+    let mut unknown = false;
     while let Some(open) = rest.find("{{") {
         let after = &rest[open + 2..];
         let Some(close) = after.find("}}") else {
@@ -1176,10 +1182,11 @@ pub(crate) fn check_template(t: &str) -> Vec<String> {
                 "unclosed {{{{ in {:?}; variables are written {{{{name}}}}",
                 &rest[open..]
             ));
-            break;
+            return problems;
         };
         let name = &after[..close];
         if !TEMPLATE_VARIABLES.contains(&name) {
+            unknown = true;
             problems.push(format!(
                 "unknown variable {{{{{name}}}}}; known: {}",
                 TEMPLATE_VARIABLES.join(", ")
@@ -1187,7 +1194,7 @@ pub(crate) fn check_template(t: &str) -> Vec<String> {
         }
         rest = &after[close + 2..];
     }
-    if !t.contains("{{podRegex}}") && !t.contains("{{role}}") {
+    if !unknown && !t.contains("{{podRegex}}") && !t.contains("{{role}}") {
         problems.push(
             "query uses neither {{podRegex}} nor {{role}}, so canary and baseline would read the same series"
                 .to_owned(),
@@ -1545,4 +1552,213 @@ fn validate_notifications(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_in_order() {
+        let ms = |s: &str| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(ms("30s"), Ok(30_000));
+        assert_eq!(ms("10m"), Ok(600_000));
+        assert_eq!(ms("1h"), Ok(3_600_000));
+        assert_eq!(ms("1h30m"), Ok(5_400_000));
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("1m30s250ms"), Ok(90_250));
+    }
+
+    #[test]
+    fn durations_reject_other_forms() {
+        let hint =
+            |s: &str| format!("expected a duration like 30s, 10m, 1h30m or 500ms, found {s:?}");
+        for bad in [
+            "10 minutes",
+            "10",
+            "m",
+            "",
+            "1.5m",
+            "30m1h",
+            "1m1m",
+            "10M",
+            "5d",
+            " 5m",
+        ] {
+            assert_eq!(parse_duration(bad), Err(hint(bad)), "{bad:?}");
+        }
+        assert_eq!(
+            parse_duration("-5m"),
+            Err("duration must be positive, found \"-5m\"".into())
+        );
+        assert_eq!(
+            parse_duration("0s"),
+            Err("duration must be positive, found \"0s\"".into())
+        );
+        assert_eq!(
+            parse_duration("99999999999999999999h"),
+            Err(hint("99999999999999999999h"))
+        );
+        assert_eq!(
+            parse_duration("9999999999999999h"),
+            Err("duration \"9999999999999999h\" is too long".into())
+        );
+    }
+
+    #[test]
+    fn durations_format_back() {
+        for s in ["30s", "10m", "1h30m", "500ms", "1h0m1s"] {
+            let d = parse_duration(s).unwrap();
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+    }
+
+    #[test]
+    fn sizes_are_pods_or_percentages() {
+        let s = |v: Scalar| parse_size(&v);
+        assert_eq!(s(Scalar::Int(3)), Ok(CanarySize::Replicas(3)));
+        assert_eq!(s(Scalar::Str("3".into())), Ok(CanarySize::Replicas(3)));
+        assert_eq!(s(Scalar::Str("10%".into())), Ok(CanarySize::Percent(10.0)));
+        assert_eq!(
+            s(Scalar::Str("12.5%".into())),
+            Ok(CanarySize::Percent(12.5))
+        );
+        assert_eq!(
+            s(Scalar::Str("100%".into())),
+            Ok(CanarySize::Percent(100.0))
+        );
+        assert_eq!(
+            s(Scalar::Str("100.1%".into())),
+            Err("percentage must be above 0% and at most 100%, found \"100.1%\"".into())
+        );
+        assert_eq!(
+            s(Scalar::Str("-5%".into())),
+            Err("percentage must be above 0% and at most 100%, found \"-5%\"".into())
+        );
+        assert_eq!(
+            s(Scalar::Int(0)),
+            Err("size must be at least 1 pod, found 0".into())
+        );
+        assert_eq!(
+            s(Scalar::Int(5_000_000_000)),
+            Err("size must be at most 4294967295 pods, found 5000000000".into())
+        );
+        assert_eq!(
+            s(Scalar::Float(1.5)),
+            Err("expected a pod count like 1 or a percentage like \"10%\", found 1.5".into())
+        );
+        assert_eq!(
+            s(Scalar::Str("half".into())),
+            Err("expected a pod count like 1 or a percentage like \"10%\", found \"half\"".into())
+        );
+        assert_eq!(
+            s(Scalar::Str("NaN%".into())),
+            Err("percentage must be above 0% and at most 100%, found \"NaN%\"".into())
+        );
+    }
+
+    #[test]
+    fn weights_are_whole_percentages() {
+        assert_eq!(parse_weight(&Scalar::Int(0)), Ok(0));
+        assert_eq!(parse_weight(&Scalar::Int(100)), Ok(100));
+        for bad in [Scalar::Int(101), Scalar::Int(-1), Scalar::Float(5.5)] {
+            assert_eq!(
+                parse_weight(&bad),
+                Err(format!(
+                    "weight must be a whole number from 0 to 100, found {bad}"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn templates_only_use_known_variables() {
+        let ok = r#"sum(rate(x{pod=~"{{podRegex}}",ns="{{namespace}}"}[{{window}}]))"#;
+        assert!(check_template(ok).is_empty());
+        assert!(check_template(r#"up{role="{{role}}"}"#).is_empty());
+        assert_eq!(
+            check_template(r#"x{pod=~"{{pods}}"}"#),
+            vec!["unknown variable {{pods}}; known: namespace, service, deployment, role, podRegex, window"]
+        );
+        assert_eq!(
+            check_template(r#"x{pod=~"{{ podRegex }}"}"#),
+            vec!["unknown variable {{ podRegex }}; known: namespace, service, deployment, role, podRegex, window"]
+        );
+        assert_eq!(
+            check_template(r#"x{pod=~"{{podRegex"}"#),
+            vec!["unclosed {{ in \"{{podRegex\\\"}\"; variables are written {{name}}"]
+        );
+        assert_eq!(
+            check_template("sum(up)"),
+            vec!["query uses neither {{podRegex}} nor {{role}}, so canary and baseline would read the same series"]
+        );
+        assert_eq!(
+            check_template("  "),
+            vec!["expected a PromQL query, found an empty string"]
+        );
+    }
+
+    #[test]
+    fn matchers_parse_like_prometheus() {
+        let m = parse_matcher(r#"severity=~"critical|page""#).unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.op, m.value.as_str()),
+            ("severity", MatchOp::Re, "critical|page")
+        );
+        let m = parse_matcher(r#" service != 'my\'app' "#).unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.op, m.value.as_str()),
+            ("service", MatchOp::Ne, "my'app")
+        );
+        assert_eq!(parse_matcher(r#"a="""#).unwrap().op, MatchOp::Eq);
+        assert_eq!(parse_matcher(r#"_a1!~"x""#).unwrap().op, MatchOp::NotRe);
+        let hint = |s: &str| {
+            format!("expected a matcher like severity=\"critical\" (label name, then = != =~ or !~, then a quoted value), found {s:?}")
+        };
+        for bad in [
+            "team",
+            "1a=\"x\"",
+            "a==\"x\"",
+            "a=x",
+            "a=\"x",
+            "a=\"x\" b",
+            "=\"x\"",
+            "a=\"x\\",
+        ] {
+            assert_eq!(parse_matcher(bad), Err(hint(bad)), "{bad:?}");
+        }
+        assert_eq!(
+            parse_matcher(r#"severity=~"(critical""#),
+            Err("invalid regex \"(critical\" in matcher: unclosed group".into())
+        );
+    }
+
+    #[test]
+    fn kubernetes_names() {
+        assert!(is_dns_label("myapp-lan"));
+        assert!(!is_dns_label("My_App"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_subdomain("myapp.v2"));
+        assert!(!is_dns_subdomain("a..b"));
+        assert!(is_label_key("version"));
+        assert!(is_label_key("app.kubernetes.io/version"));
+        assert!(!is_label_key("-version"));
+        assert!(!is_label_key("a/"));
+    }
+
+    #[test]
+    fn default_plan_is_the_classic_one() {
+        let steps = default_steps();
+        assert_eq!(steps.len(), 4);
+        assert_eq!(steps[0].size, Some(CanarySize::Replicas(1)));
+        assert_eq!(steps[0].observe, Duration::from_secs(600));
+        assert_eq!(steps[3].size, Some(CanarySize::Percent(100.0)));
+        assert_eq!(
+            total_observe(&Strategy::Canary(CanaryStrategy { steps })),
+            Duration::from_secs(960)
+        );
+    }
 }
