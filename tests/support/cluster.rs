@@ -1,0 +1,260 @@
+//! Test support for tests that need a real Kubernetes API server.
+//!
+//! Include it from a test file with
+//!
+//! ```ignore
+//! #[path = "support/cluster.rs"]
+//! mod cluster;
+//! ```
+//!
+//! The cluster is whatever `CANARYD_KUBECONFIG` points at: normally the
+//! loopback sandbox that `scripts/test` starts (`scripts/kube-sandbox up`),
+//! but any cluster works (see docs/sandbox.md). Everything a test creates goes
+//! into a throw-away namespace (`TestNamespace`), so tests never touch
+//! existing workloads and can run in parallel.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, ServiceAccount, Toleration};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Kubeconfig of an identity with full access (group `system:masters`).
+pub const KUBECONFIG_ENV: &str = "CANARYD_KUBECONFIG";
+/// Kubeconfig of user `canaryd-restricted`, who has no grants until a test makes some.
+pub const RESTRICTED_KUBECONFIG_ENV: &str = "CANARYD_RESTRICTED_KUBECONFIG";
+/// Set to `1` to keep test namespaces after the test, for debugging.
+pub const KEEP_NAMESPACES_ENV: &str = "CANARYD_KEEP_TEST_NAMESPACES";
+/// Prefix of every namespace that `TestNamespace` creates.
+pub const NAMESPACE_PREFIX: &str = "canaryd-test-";
+/// Label on every namespace that `TestNamespace` creates.
+pub const TEST_LABEL: &str = "canaryd.dev/test";
+
+/// Label that the sandbox puts on its fake (KWOK) nodes.
+pub const FAKE_NODE_LABEL: (&str, &str) = ("type", "kwok");
+/// Taint that the sandbox puts on its fake nodes, so that only pods that ask
+/// for them (see `place_on_fake_nodes`) land there.
+pub const FAKE_NODE_TAINT: (&str, &str, &str) = ("kwok.x-k8s.io/node", "fake", "NoSchedule");
+
+/// The kubeconfig path named by `var`; panics with instructions when unset.
+pub fn kubeconfig_path(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "{var} is not set: these tests need a Kubernetes API server. Run them through \
+             `scripts/test`, which builds and starts a loopback sandbox \
+             (scripts/kube-sandbox build && scripts/kube-sandbox up && \
+             eval \"$(scripts/kube-sandbox env)\"), or point {var} at a kubeconfig of your own \
+             cluster (see docs/sandbox.md)."
+        ),
+    }
+}
+
+/// A client for the kubeconfig file at `path` (its current context).
+pub async fn client_for(path: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot load kubeconfig {}: {e}", path.display()));
+    Client::try_from(config)
+        .unwrap_or_else(|e| panic!("cannot build a client from {}: {e}", path.display()))
+}
+
+/// The admin client (`CANARYD_KUBECONFIG`).
+pub async fn client() -> Client {
+    client_for(&kubeconfig_path(KUBECONFIG_ENV)).await
+}
+
+/// The client of user `canaryd-restricted` (`CANARYD_RESTRICTED_KUBECONFIG`).
+pub async fn restricted_client() -> Client {
+    client_for(&kubeconfig_path(RESTRICTED_KUBECONFIG_ENV)).await
+}
+
+/// Polls `probe` every 100 ms until it yields `Some`, panicking after `timeout`
+/// with `what` and the last state that `probe` reported through `last`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(v) => return v,
+            Err(state) => state,
+        };
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last state: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Makes a pod spec schedulable only on the sandbox's fake nodes.
+pub fn place_on_fake_nodes(spec: &mut PodSpec) {
+    let (key, value) = FAKE_NODE_LABEL;
+    spec.node_selector
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.to_string(), value.to_string());
+    let (key, value, effect) = FAKE_NODE_TAINT;
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .push(Toleration {
+            key: Some(key.to_string()),
+            operator: Some("Equal".to_string()),
+            value: Some(value.to_string()),
+            effect: Some(effect.to_string()),
+            ..Toleration::default()
+        });
+}
+
+/// A namespace `canaryd-test-<random>` that is deleted at the end: by
+/// `cleanup().await`, or when dropped (also when the test panics).
+pub struct TestNamespace {
+    name: String,
+    kubeconfig: PathBuf,
+    client: Client,
+    deleted: bool,
+}
+
+impl TestNamespace {
+    /// Creates a namespace as the admin identity and waits until its default
+    /// ServiceAccount exists (pods cannot be created before that).
+    pub async fn create() -> Self {
+        Self::create_with(&kubeconfig_path(KUBECONFIG_ENV)).await
+    }
+
+    /// Same as `create`, with an explicit kubeconfig.
+    pub async fn create_with(kubeconfig: &Path) -> Self {
+        let client = client_for(kubeconfig).await;
+        let name = format!("{NAMESPACE_PREFIX}{:08x}", rand::random::<u32>());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(
+                    TEST_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+        let this = TestNamespace {
+            name,
+            kubeconfig: kubeconfig.to_path_buf(),
+            client,
+            deleted: false,
+        };
+        let sas: Api<ServiceAccount> = Api::namespaced(this.client.clone(), &this.name);
+        wait_until(
+            Duration::from_secs(30),
+            &format!("ServiceAccount default in {}", this.name),
+            || {
+                let sas = sas.clone();
+                async move {
+                    match sas.get_opt("default").await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err("not created yet".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        )
+        .await;
+        this
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The admin client this namespace was created with.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A namespaced API of kind `K` in this namespace, as admin.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Deletes the namespace (without waiting for its finalization).
+    pub async fn cleanup(mut self) {
+        self.deleted = true;
+        if keep_namespaces() {
+            eprintln!(
+                "keeping namespace {} ({KEEP_NAMESPACES_ENV} is set)",
+                self.name
+            );
+            return;
+        }
+        delete_namespace(self.client.clone(), &self.name).await;
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        if keep_namespaces() {
+            eprintln!(
+                "keeping namespace {} ({KEEP_NAMESPACES_ENV} is set)",
+                self.name
+            );
+            return;
+        }
+        // Drop cannot await, and the test's runtime may be single-threaded and
+        // busy unwinding: delete from a fresh thread with its own runtime and
+        // its own client (the test's client is bound to the test's runtime).
+        let name = self.name.clone();
+        let kubeconfig = self.kubeconfig.clone();
+        let joined = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for namespace cleanup");
+            rt.block_on(async {
+                let client = client_for(&kubeconfig).await;
+                delete_namespace(client, &name).await;
+            });
+        })
+        .join();
+        if joined.is_err() {
+            eprintln!("warning: could not delete namespace {}", self.name);
+        }
+    }
+}
+
+fn keep_namespaces() -> bool {
+    std::env::var(KEEP_NAMESPACES_ENV).is_ok_and(|v| v == "1")
+}
+
+async fn delete_namespace(client: Client, name: &str) {
+    let api = Api::<Namespace>::all(client);
+    let deleting = tokio::time::timeout(
+        Duration::from_secs(10),
+        api.delete(name, &DeleteParams::background()),
+    )
+    .await;
+    match deleting {
+        Ok(Ok(_)) => {}
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
+        Ok(Err(e)) => eprintln!("warning: could not delete namespace {name}: {e}"),
+        Err(_) => eprintln!("warning: deleting namespace {name} timed out"),
+    }
+}
