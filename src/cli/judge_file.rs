@@ -1,9 +1,773 @@
 //! `canaryd judge FILE`: judge a JSON observations document.
+//!
+//! The document (see `docs/judge.md`) carries the policy settings per metric
+//! and, per arm, cumulative counter readings, per-window increases, histogram
+//! buckets, raw latency samples or gauge values. Windows are replayed through
+//! [`Evidence::record`] and [`evaluate_with`] as the daemon would; the first
+//! rollback stops the replay. Every input problem is reported with its JSON
+//! path; nothing here panics on bad input.
 
+use std::io::Read;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::judge::{
+    evaluate_with, ClassicMetricConfig, Decision, Evidence, JudgeOptions, NanStrategy,
+    OutlierStrategy, Verdict,
+};
+use crate::observation::{ArmValue, Histogram, MetricWindow, Sample, WindowObservation};
+use crate::policy::{
+    Analysis, Bounds, ClassicSettings, Direction, JudgeMode, MetricKind, MetricSpec, OnNoData,
+    PrometheusConfig, Template,
+};
+use crate::Error;
+
+/// Exit code for an inconclusive verdict (no data, broken traffic split).
+pub const EXIT_INCONCLUSIVE: u8 = 3;
+
+/// Largest document accepted (bytes).
+pub const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Prometheus' default histogram buckets, used for raw samples without `le`.
+pub const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A parsed document: the settings and the windows to replay.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// Analysis settings built from the document.
+    pub analysis: Analysis,
+    /// Per-metric classic settings.
+    pub options: JudgeOptions,
+    /// Windows in order.
+    pub windows: Vec<WindowObservation>,
+}
 
 /// Judges the JSON document named by `args.input` (or stdin).
-pub fn run(_args: super::judge::Args) -> ExitCode {
-    eprintln!("canaryd judge: under construction");
-    super::exit(super::EXIT_ERROR)
+pub fn run(args: super::judge::Args) -> ExitCode {
+    let (name, text) = match read_input(args.input.as_deref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("canaryd judge: {e}");
+            return super::exit(super::EXIT_ERROR);
+        }
+    };
+    let doc = match parse_document(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("canaryd judge: {name}: {e}");
+            return super::exit(super::EXIT_ERROR);
+        }
+    };
+    let verdict = judge_document(&doc);
+    match serde_json::to_string_pretty(&verdict) {
+        Ok(s) => println!("{s}"),
+        Err(e) => {
+            eprintln!(
+                "canaryd judge: {}",
+                Error::WriteOutput(std::io::Error::other(e))
+            );
+            return super::exit(super::EXIT_ERROR);
+        }
+    }
+    super::exit(exit_code(verdict.decision))
+}
+
+/// Exit code for a decision: 0 promote/continue, 1 rollback, 3 inconclusive.
+pub fn exit_code(decision: Decision) -> u8 {
+    match decision {
+        Decision::Promote | Decision::Continue => super::EXIT_OK,
+        Decision::Rollback => super::EXIT_FAILED,
+        Decision::Inconclusive => EXIT_INCONCLUSIVE,
+    }
+}
+
+fn read_input(path: Option<&std::path::Path>) -> Result<(String, String), Error> {
+    let (name, reader): (String, Box<dyn Read>) = match path {
+        None => ("<stdin>".into(), Box::new(std::io::stdin())),
+        Some(p) if p.as_os_str() == "-" => ("<stdin>".into(), Box::new(std::io::stdin())),
+        Some(p) => {
+            let f = std::fs::File::open(p).map_err(|source| Error::ReadInput {
+                path: p.display().to_string(),
+                source,
+            })?;
+            (p.display().to_string(), Box::new(f))
+        }
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_DOCUMENT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| Error::ReadInput {
+            path: name.clone(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(Error::ParseJudgeInput(format!(
+            "{name}: larger than {MAX_DOCUMENT_BYTES} bytes"
+        )));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| Error::ParseJudgeInput(format!("{name}: not UTF-8: {e}")))?;
+    Ok((name, text))
+}
+
+/// Replays the windows and returns the verdict after the last one, or the
+/// first rollback.
+pub fn judge_document(doc: &Document) -> Verdict {
+    let mut evidence = Evidence::default();
+    let mut verdict = evaluate_with(&doc.analysis, &doc.options, &evidence);
+    for w in &doc.windows {
+        evidence.record(w);
+        verdict = evaluate_with(&doc.analysis, &doc.options, &evidence);
+        if verdict.decision == Decision::Rollback {
+            break;
+        }
+    }
+    verdict
+}
+
+fn err(path: &str, msg: impl std::fmt::Display) -> Error {
+    Error::ParseJudgeInput(format!("{path}: {msg}"))
+}
+
+fn describe(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn number(v: &Value, path: &str) -> Result<f64, Error> {
+    let x = v
+        .as_f64()
+        .ok_or_else(|| err(path, format!("expected a number, got {}", describe(v))))?;
+    if !x.is_finite() {
+        return Err(err(path, format!("not a finite number: {x}")));
+    }
+    Ok(x)
+}
+
+fn count(v: &Value, path: &str) -> Result<f64, Error> {
+    let x = number(v, path)?;
+    if x < 0.0 {
+        return Err(err(path, format!("negative count {x}")));
+    }
+    Ok(x)
+}
+
+fn opt_field<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn array<'a>(v: &'a Value, path: &str) -> Result<&'a Vec<Value>, Error> {
+    v.as_array()
+        .ok_or_else(|| err(path, format!("expected an array, got {}", describe(v))))
+}
+
+fn probability(v: &Value, path: &str) -> Result<f64, Error> {
+    let x = number(v, path)?;
+    if !(x > 0.0 && x < 1.0) {
+        return Err(err(
+            path,
+            format!("must be between 0 and 1 (exclusive), got {x}"),
+        ));
+    }
+    Ok(x)
+}
+
+/// Parses a document; errors name the JSON path of the problem.
+pub fn parse_document(text: &str) -> Result<Document, Error> {
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| Error::ParseJudgeInput(format!("malformed JSON: {e}")))?;
+    if !root.is_object() {
+        return Err(err("$", "expected a JSON object"));
+    }
+    let alpha = match opt_field(&root, "alpha") {
+        Some(v) => probability(v, "alpha")?,
+        None => 0.05,
+    };
+    let interval = match opt_field(&root, "intervalSecs") {
+        Some(v) => {
+            let s = number(v, "intervalSecs")?;
+            if s <= 0.0 || s > 86_400.0 {
+                return Err(err(
+                    "intervalSecs",
+                    format!("must be in (0, 86400], got {s}"),
+                ));
+            }
+            s
+        }
+        None => 60.0,
+    };
+    let mode = match opt_field(&root, "mode").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("sequential"))) => JudgeMode::Sequential,
+        Some((_, Some("classic"))) => {
+            let c = opt_field(&root, "classic");
+            let score = |key: &str, default: f64| -> Result<f64, Error> {
+                match c.and_then(|c| opt_field(c, key)) {
+                    Some(v) => {
+                        let path = format!("classic.{key}");
+                        let x = number(v, &path)?;
+                        if !(0.0..=100.0).contains(&x) {
+                            return Err(err(&path, format!("must be within 0..=100, got {x}")));
+                        }
+                        Ok(x)
+                    }
+                    None => Ok(default),
+                }
+            };
+            let pass_score = score("passScore", 95.0)?;
+            let marginal_score = score("marginalScore", 75.0)?;
+            if marginal_score > pass_score {
+                return Err(err("classic.marginalScore", "must not exceed passScore"));
+            }
+            JudgeMode::Classic(ClassicSettings {
+                pass_score,
+                marginal_score,
+            })
+        }
+        Some((v, _)) => {
+            return Err(err(
+                "mode",
+                format!(
+                    "expected \"sequential\" or \"classic\", got {}",
+                    describe(v)
+                ),
+            ))
+        }
+    };
+    let metrics_v = array(
+        opt_field(&root, "metrics").ok_or_else(|| err("metrics", "missing"))?,
+        "metrics",
+    )?;
+    if metrics_v.is_empty() {
+        return Err(err("metrics", "empty: at least one metric is needed"));
+    }
+    let mut specs = Vec::new();
+    let mut options = JudgeOptions::default();
+    let mut series: Vec<(String, Vec<ArmValue>, Vec<ArmValue>)> = Vec::new();
+    for (i, mv) in metrics_v.iter().enumerate() {
+        let path = format!("metrics[{i}]");
+        let (spec, classic, canary, baseline) = parse_metric(mv, &path)?;
+        if specs.iter().any(|s: &MetricSpec| s.name == spec.name) {
+            return Err(err(
+                &format!("{path}.name"),
+                format!("duplicate metric name {:?}", spec.name),
+            ));
+        }
+        options.classic.push((spec.name.clone(), classic));
+        series.push((spec.name.clone(), canary, baseline));
+        specs.push(spec);
+    }
+    let n_windows = series
+        .iter()
+        .map(|(_, c, b)| c.len().max(b.len()))
+        .max()
+        .unwrap_or(0);
+    let shares: Vec<Option<f64>> = match opt_field(&root, "expectedCanaryShare") {
+        None => vec![None; n_windows],
+        Some(v) if v.is_array() => {
+            let a = array(v, "expectedCanaryShare")?;
+            if a.len() != n_windows {
+                return Err(err(
+                    "expectedCanaryShare",
+                    format!("{} entries for {n_windows} windows", a.len()),
+                ));
+            }
+            a.iter()
+                .enumerate()
+                .map(|(w, x)| {
+                    if x.is_null() {
+                        Ok(None)
+                    } else {
+                        probability(x, &format!("expectedCanaryShare[{w}]")).map(Some)
+                    }
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(v) => vec![Some(probability(v, "expectedCanaryShare")?); n_windows],
+    };
+    let missing = || ArmValue::NoData("no value for this window in the document".into());
+    let windows = (0..n_windows)
+        .map(|w| WindowObservation {
+            at_secs: interval * (w + 1) as f64,
+            expected_canary_share: shares[w],
+            metrics: series
+                .iter()
+                .map(|(name, c, b)| MetricWindow {
+                    name: name.clone(),
+                    canary: c.get(w).cloned().unwrap_or_else(missing),
+                    baseline: b.get(w).cloned().unwrap_or_else(missing),
+                })
+                .collect(),
+        })
+        .collect();
+    let analysis = Analysis {
+        prometheus: PrometheusConfig {
+            url: String::new(),
+            auth: None,
+            ca_file: None,
+        },
+        interval: Duration::from_secs_f64(interval),
+        max_duration: Duration::from_secs_f64(interval * n_windows.max(1) as f64),
+        alpha,
+        on_no_data: OnNoData::Hold,
+        mode,
+        metrics: specs,
+    };
+    Ok(Document {
+        analysis,
+        options,
+        windows,
+    })
+}
+
+type ParsedMetric = (
+    MetricSpec,
+    ClassicMetricConfig,
+    Vec<ArmValue>,
+    Vec<ArmValue>,
+);
+
+fn parse_metric(mv: &Value, path: &str) -> Result<ParsedMetric, Error> {
+    if !mv.is_object() {
+        return Err(err(path, "expected an object"));
+    }
+    let name = match opt_field(mv, "name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(v) => {
+            return Err(err(
+                &format!("{path}.name"),
+                format!("expected a non-empty string, got {}", describe(v)),
+            ))
+        }
+        None => return Err(err(&format!("{path}.name"), "missing")),
+    };
+    let kind_s = match opt_field(mv, "kind") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(v) => {
+            return Err(err(
+                &format!("{path}.kind"),
+                format!("expected a string, got {}", describe(v)),
+            ))
+        }
+        None => {
+            return Err(err(
+                &format!("{path}.kind"),
+                "missing (errors, latency or gauge)",
+            ))
+        }
+    };
+    let empty = || Template(String::new());
+    let kind = match kind_s {
+        "errors" => MetricKind::Errors {
+            errors: empty(),
+            total: empty(),
+        },
+        "latency" => MetricKind::Latency { buckets: empty() },
+        "gauge" => MetricKind::Gauge { query: empty() },
+        other => {
+            return Err(err(
+                &format!("{path}.kind"),
+                format!("unknown kind {other:?} (errors, latency or gauge)"),
+            ))
+        }
+    };
+    let direction = match opt_field(mv, "direction").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("increase"))) => Direction::Increase,
+        Some((_, Some("decrease"))) => Direction::Decrease,
+        Some((_, Some("either"))) => Direction::Either,
+        Some((v, _)) => {
+            return Err(err(
+                &format!("{path}.direction"),
+                format!("expected increase, decrease or either, got {}", describe(v)),
+            ))
+        }
+    };
+    let critical = match opt_field(mv, "critical") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(err(
+                &format!("{path}.critical"),
+                format!("expected true or false, got {}", describe(v)),
+            ))
+        }
+    };
+    let min_effect = match opt_field(mv, "minEffect") {
+        None => 0.2,
+        Some(v) => {
+            let p = format!("{path}.minEffect");
+            let x = number(v, &p)?;
+            if x <= 0.0 || x > 100.0 {
+                return Err(err(&p, format!("must be in (0, 100], got {x}")));
+            }
+            x
+        }
+    };
+    let weight = match opt_field(mv, "weight") {
+        None => 1.0,
+        Some(v) => {
+            let p = format!("{path}.weight");
+            let x = number(v, &p)?;
+            if x < 0.0 {
+                return Err(err(&p, format!("negative weight {x}")));
+            }
+            x
+        }
+    };
+    let bounds = match opt_field(mv, "bounds") {
+        None => None,
+        Some(b) => {
+            let p = format!("{path}.bounds");
+            if !b.is_object() {
+                return Err(err(&p, "expected an object with min and/or max"));
+            }
+            let min = opt_field(b, "min")
+                .map(|v| number(v, &format!("{p}.min")))
+                .transpose()?;
+            let max = opt_field(b, "max")
+                .map(|v| number(v, &format!("{p}.max")))
+                .transpose()?;
+            if let (Some(lo), Some(hi)) = (min, max) {
+                if lo > hi {
+                    return Err(err(&p, format!("min {lo} above max {hi}")));
+                }
+            }
+            Some(Bounds { min, max })
+        }
+    };
+    let classic = parse_classic(mv, path)?;
+    let spec = MetricSpec {
+        name,
+        kind,
+        direction,
+        bounds,
+        critical,
+        min_effect,
+        weight,
+    };
+    let canary = parse_arm(mv, path, "canary", kind_s)?;
+    let baseline = parse_arm(mv, path, "baseline", kind_s)?;
+    Ok((spec, classic, canary, baseline))
+}
+
+fn parse_classic(mv: &Value, path: &str) -> Result<ClassicMetricConfig, Error> {
+    let mut cfg = ClassicMetricConfig::default();
+    let Some(c) = opt_field(mv, "classic") else {
+        return Ok(cfg);
+    };
+    let p = format!("{path}.classic");
+    if !c.is_object() {
+        return Err(err(&p, "expected an object"));
+    }
+    if let Some(v) = opt_field(c, "group") {
+        cfg.group = Some(
+            v.as_str()
+                .ok_or_else(|| err(&format!("{p}.group"), "expected a string"))?
+                .to_string(),
+        );
+    }
+    let positive = |key: &str| -> Result<Option<f64>, Error> {
+        opt_field(c, key)
+            .map(|v| {
+                let q = format!("{p}.{key}");
+                let x = number(v, &q)?;
+                if x < 0.0 {
+                    return Err(err(&q, format!("must not be negative, got {x}")));
+                }
+                Ok(x)
+            })
+            .transpose()
+    };
+    if let Some(x) = positive("allowedIncrease")? {
+        cfg.allowed_increase = x;
+    }
+    if let Some(x) = positive("allowedDecrease")? {
+        cfg.allowed_decrease = x;
+    }
+    if let Some(x) = positive("tolerance")? {
+        cfg.tolerance = x;
+    }
+    if let Some(v) = opt_field(c, "confidence") {
+        cfg.confidence = Some(probability(v, &format!("{p}.confidence"))?);
+    }
+    match opt_field(c, "nanStrategy").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("remove"))) => {}
+        Some((_, Some("replace"))) => cfg.nan = NanStrategy::Replace,
+        Some((v, _)) => {
+            return Err(err(
+                &format!("{p}.nanStrategy"),
+                format!("expected remove or replace, got {}", describe(v)),
+            ))
+        }
+    }
+    match opt_field(c, "outliers") {
+        None => {}
+        Some(Value::String(s)) if s == "keep" => {}
+        Some(v) => match opt_field(v, "iqr") {
+            Some(f) => {
+                let q = format!("{p}.outliers.iqr");
+                let x = number(f, &q)?;
+                if x < 0.0 {
+                    return Err(err(&q, format!("must not be negative, got {x}")));
+                }
+                cfg.outliers = OutlierStrategy::RemoveIqr(x);
+            }
+            None => {
+                return Err(err(
+                    &format!("{p}.outliers"),
+                    format!(
+                        "expected \"keep\" or {{\"iqr\": factor}}, got {}",
+                        describe(v)
+                    ),
+                ))
+            }
+        },
+    }
+    Ok(cfg)
+}
+
+/// Per-window increases of cumulative readings, handling counter resets as
+/// Prometheus' `increase` does: a drop means the counter restarted from zero,
+/// so the increase is the new reading.
+fn increases(readings: &[f64]) -> Vec<f64> {
+    readings
+        .windows(2)
+        .map(|w| if w[1] >= w[0] { w[1] - w[0] } else { w[1] })
+        .collect()
+}
+
+fn parse_arm(mv: &Value, path: &str, arm: &str, kind: &str) -> Result<Vec<ArmValue>, Error> {
+    let p = format!("{path}.{arm}");
+    let a = opt_field(mv, arm).ok_or_else(|| err(&p, "missing"))?;
+    if !a.is_object() {
+        return Err(err(&p, "expected an object"));
+    }
+    match kind {
+        "errors" => parse_counts_arm(a, &p),
+        "latency" => parse_latency_arm(a, &p),
+        _ => parse_gauge_arm(a, &p),
+    }
+}
+
+fn non_empty<'a>(a: &'a Value, key: &str, p: &str, min: usize) -> Result<&'a Vec<Value>, Error> {
+    let q = format!("{p}.{key}");
+    let v = array(opt_field(a, key).ok_or_else(|| err(&q, "missing"))?, &q)?;
+    if v.len() < min {
+        return Err(err(
+            &q,
+            if v.is_empty() {
+                "empty series".to_string()
+            } else {
+                format!("needs at least {min} entries, has {}", v.len())
+            },
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_counts_arm(a: &Value, p: &str) -> Result<Vec<ArmValue>, Error> {
+    let (key, cumulative) = if opt_field(a, "counts").is_some() {
+        ("counts", true)
+    } else if opt_field(a, "increases").is_some() {
+        ("increases", false)
+    } else {
+        return Err(err(
+            p,
+            "expected \"counts\" (cumulative readings) or \"increases\"",
+        ));
+    };
+    let list = non_empty(a, key, p, if cumulative { 2 } else { 1 })?;
+    let mut errors = Vec::with_capacity(list.len());
+    let mut totals = Vec::with_capacity(list.len());
+    for (i, e) in list.iter().enumerate() {
+        let q = format!("{p}.{key}[{i}]");
+        if !e.is_object() {
+            return Err(err(
+                &q,
+                format!(
+                    "expected {{\"errors\": n, \"total\": n}}, got {}",
+                    describe(e)
+                ),
+            ));
+        }
+        let f = |k: &str| -> Result<f64, Error> {
+            let r = format!("{q}.{k}");
+            count(opt_field(e, k).ok_or_else(|| err(&r, "missing"))?, &r)
+        };
+        errors.push(f("errors")?);
+        totals.push(f("total")?);
+    }
+    let (errors, totals) = if cumulative {
+        (increases(&errors), increases(&totals))
+    } else {
+        (errors, totals)
+    };
+    Ok(errors
+        .into_iter()
+        .zip(totals)
+        .map(|(errors, total)| ArmValue::Sample(Sample::Counts { errors, total }))
+        .collect())
+}
+
+fn parse_le(a: &Value, p: &str) -> Result<Vec<f64>, Error> {
+    let Some(v) = opt_field(a, "le") else {
+        let mut le = DEFAULT_BUCKETS.to_vec();
+        le.push(f64::INFINITY);
+        return Ok(le);
+    };
+    let q = format!("{p}.le");
+    let list = array(v, &q)?;
+    if list.is_empty() {
+        return Err(err(&q, "empty series"));
+    }
+    let mut le = Vec::with_capacity(list.len() + 1);
+    for (i, x) in list.iter().enumerate() {
+        let r = format!("{q}[{i}]");
+        let b = match x {
+            Value::String(s) if s == "+Inf" || s == "Inf" || s == "inf" => f64::INFINITY,
+            Value::String(s) => s
+                .parse::<f64>()
+                .ok()
+                .filter(|b| b.is_finite())
+                .ok_or_else(|| err(&r, format!("not a bucket bound: {s:?}")))?,
+            other => number(other, &r)?,
+        };
+        if let Some(prev) = le.last() {
+            if b <= *prev {
+                return Err(err(
+                    &r,
+                    format!("bucket bounds must ascend: {b} after {prev}"),
+                ));
+            }
+        }
+        le.push(b);
+    }
+    if le.last() != Some(&f64::INFINITY) {
+        le.push(f64::INFINITY);
+    }
+    Ok(le)
+}
+
+fn parse_latency_arm(a: &Value, p: &str) -> Result<Vec<ArmValue>, Error> {
+    let le = parse_le(a, p)?;
+    if opt_field(a, "samples").is_some() {
+        let list = non_empty(a, "samples", p, 1)?;
+        let mut out = Vec::with_capacity(list.len());
+        for (w, win) in list.iter().enumerate() {
+            let q = format!("{p}.samples[{w}]");
+            let xs = array(win, &q)?;
+            let mut counts = vec![0.0; le.len()];
+            for (i, x) in xs.iter().enumerate() {
+                let v = number(x, &format!("{q}[{i}]"))?;
+                for (c, b) in counts.iter_mut().zip(&le) {
+                    if v <= *b {
+                        *c += 1.0;
+                    }
+                }
+            }
+            out.push(ArmValue::Sample(Sample::Buckets(Histogram {
+                le: le.clone(),
+                counts,
+            })));
+        }
+        return Ok(out);
+    }
+    let (key, cumulative) = if opt_field(a, "buckets").is_some() {
+        ("buckets", true)
+    } else if opt_field(a, "increases").is_some() {
+        ("increases", false)
+    } else {
+        return Err(err(
+            p,
+            "expected \"buckets\" (cumulative readings), \"increases\" or \"samples\"",
+        ));
+    };
+    let list = non_empty(a, key, p, if cumulative { 2 } else { 1 })?;
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(list.len());
+    for (w, row) in list.iter().enumerate() {
+        let q = format!("{p}.{key}[{w}]");
+        let xs = array(row, &q)?;
+        if xs.len() != le.len() {
+            return Err(err(
+                &q,
+                format!(
+                    "{} counts for {} bucket bounds (incl. +Inf)",
+                    xs.len(),
+                    le.len()
+                ),
+            ));
+        }
+        let r: Vec<f64> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| count(x, &format!("{q}[{i}]")))
+            .collect::<Result<_, _>>()?;
+        rows.push(r);
+    }
+    let per_window: Vec<Vec<f64>> = if cumulative {
+        // each bucket is its own counter series (resets handled per series)
+        let mut out = vec![vec![0.0; le.len()]; rows.len() - 1];
+        for b in 0..le.len() {
+            let series: Vec<f64> = rows.iter().map(|r| r[b]).collect();
+            for (w, inc) in increases(&series).into_iter().enumerate() {
+                out[w][b] = inc;
+            }
+        }
+        out
+    } else {
+        rows
+    };
+    Ok(per_window
+        .into_iter()
+        .map(|counts| {
+            ArmValue::Sample(Sample::Buckets(Histogram {
+                le: le.clone(),
+                counts,
+            }))
+        })
+        .collect())
+}
+
+fn parse_gauge_arm(a: &Value, p: &str) -> Result<Vec<ArmValue>, Error> {
+    let list = non_empty(a, "values", p, 1)?;
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if v.is_null() {
+                Ok(ArmValue::NoData("null value".into()))
+            } else {
+                number(v, &format!("{p}.values[{i}]")).map(|x| ArmValue::Sample(Sample::Gauge(x)))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_reset_counts_the_new_reading() {
+        assert_eq!(increases(&[10.0, 15.0, 3.0, 8.0]), vec![5.0, 3.0, 5.0]);
+    }
+
+    #[test]
+    fn negative_count_names_its_path() {
+        let doc = r#"{"metrics":[{"name":"e","kind":"errors",
+            "canary":{"counts":[{"errors":0,"total":0},{"errors":-2,"total":5}]},
+            "baseline":{"counts":[{"errors":0,"total":0},{"errors":1,"total":5}]}}]}"#;
+        let e = parse_document(doc)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(e, "metrics[0].canary.counts[1].errors: negative count -2");
+    }
 }
