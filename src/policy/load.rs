@@ -10,6 +10,7 @@ use super::error::{PolicyError, PolicyErrors};
 use super::raw::{Node, RawPolicy};
 use super::types::Policy;
 use super::validate::{located, validate, Validated};
+use super::values::choices;
 
 /// Largest policy file accepted, checked before reading.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
@@ -268,14 +269,6 @@ fn plain_expected(expected: &str) -> String {
         "sequence start" | "sequence" => "a list".into(),
         "string scalar" => "a string".into(),
         other => other.to_owned(),
-    }
-}
-
-fn choices(options: &[&str]) -> String {
-    match options {
-        [] => "nothing".into(),
-        [one] => (*one).to_owned(),
-        [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }
 

@@ -8,6 +8,7 @@ mod load;
 mod raw;
 mod types;
 mod validate;
+mod values;
 
 pub use error::{PolicyError, PolicyErrors};
 pub use load::{load_file, load_paths, parse_str, MAX_POLICY_BYTES};
@@ -79,7 +80,7 @@ mod tests {
             r#"sum by (le) (increase(http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{podRegex}}"}[{{window}}]))"#
         );
         for t in [errors, total, buckets] {
-            assert!(validate::check_template(&t.0).is_empty(), "{}", t.0);
+            assert!(values::check_template(&t.0).is_empty(), "{}", t.0);
         }
         assert!(m[0].critical && !m[1].critical);
         assert_eq!((m[0].min_effect, m[1].min_effect), (0.5, 0.1));
