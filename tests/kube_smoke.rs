@@ -206,6 +206,7 @@ async fn image_change_rolls_out_a_new_replicaset_within_surge_bounds() {
     // replicas + maxSurge, and Ready pods never drop below replicas - maxUnavailable.
     let mut samples = 0;
     let mut saw_both = false;
+    let (mut max_desired, mut min_ready) = (0, i32::MAX);
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let sets = replica_sets(&rss, "roll").await;
@@ -213,6 +214,8 @@ async fn image_change_rolls_out_a_new_replicaset_within_surge_bounds() {
         let live = live_pods(&pods, "roll").await;
         let ready = live.iter().filter(|p| is_ready(p)).count() as i32;
         samples += 1;
+        max_desired = max_desired.max(desired);
+        min_ready = min_ready.min(ready);
         assert!(
             desired <= REPLICAS + MAX_SURGE,
             "ReplicaSets want {desired} pods, more than {REPLICAS} + maxSurge {MAX_SURGE}"
@@ -239,6 +242,10 @@ async fn image_change_rolls_out_a_new_replicaset_within_surge_bounds() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "rollout: {samples} samples, ReplicaSets wanted at most {max_desired} pods, \
+         at least {min_ready} pods were Ready"
+    );
     assert!(
         saw_both,
         "never saw old and new ReplicaSet active together in {samples} samples"
