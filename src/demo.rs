@@ -222,6 +222,7 @@ pub struct LoadConfig {
 
 /// What one target got during a load run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TargetReport {
     /// The URL.
     pub url: String,
@@ -241,6 +242,7 @@ pub struct TargetReport {
 
 /// Summary of a load run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadReport {
     /// Seconds from the first request to the last answer.
     pub elapsed_secs: f64,

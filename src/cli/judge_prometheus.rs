@@ -1,9 +1,302 @@
 //! `canaryd judge --prometheus`: judge a past release window by window from Prometheus.
+//!
+//! The range `--from`..`--to` is cut into windows of the policy's
+//! `analysis.interval` starting at `--from` (a trailing partial window is not
+//! judged). Each window is read with the same [`PrometheusSource`] the daemon
+//! uses, folded into the judge's evidence and judged; a source error holds
+//! (the window is skipped, as the daemon would). The run stops at the first
+//! `rollback`, as the daemon would. The report (per-window timeline and final
+//! verdict) is printed as JSON on stdout; exit code 0 promote/continue,
+//! 1 rollback, 2 error, 3 inconclusive.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use serde::Serialize;
+
+use crate::judge::{self, Decision, Evidence, Verdict};
+use crate::metrics::{MetricSource, PrometheusSource, Window};
+use crate::observation::MetricWindow;
+use crate::policy::Policy;
+
+/// Exit code for an inconclusive verdict (see docs/judge.md).
+pub const EXIT_INCONCLUSIVE: u8 = 3;
+
+/// One judged (or held) window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    /// 1-based window number.
+    pub window: u32,
+    /// Window start, Unix seconds.
+    pub from: i64,
+    /// Window end (query time), Unix seconds.
+    pub to: i64,
+    /// Seconds since `--from` at the window's end.
+    pub at_secs: f64,
+    /// The verdict after this window, or `None` when the source failed (hold).
+    pub decision: Option<Decision>,
+    /// The verdict's reason, or the source error.
+    pub reason: String,
+    /// The values read for this window (empty when the source failed).
+    pub metrics: Vec<MetricWindow>,
+}
+
+/// The whole offline analysis.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeReport {
+    /// Policy file judged with.
+    pub policy: String,
+    /// Range start, Unix seconds.
+    pub from: i64,
+    /// Range end, Unix seconds.
+    pub to: i64,
+    /// Window length in seconds.
+    pub interval_secs: f64,
+    /// One entry per window, in time order.
+    pub timeline: Vec<TimelineEntry>,
+    /// The final verdict.
+    pub verdict: Verdict,
+}
+
 /// Judges `--from`..`--to` from Prometheus as the daemon would have.
-pub async fn run(_args: super::judge::Args) -> ExitCode {
-    eprintln!("canaryd judge --prometheus: under construction");
-    super::exit(super::EXIT_ERROR)
+pub async fn run(args: super::judge::Args) -> ExitCode {
+    match run_inner(&args).await {
+        Ok(report) => {
+            for e in &report.timeline {
+                let what = e
+                    .decision
+                    .map(|d| format!("{d:?}"))
+                    .unwrap_or_else(|| "hold".into());
+                eprintln!(
+                    "window {:>3} [{}..{}] {what}: {}",
+                    e.window, e.from, e.to, e.reason
+                );
+            }
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("canaryd judge: {e}");
+                    return super::exit(super::EXIT_ERROR);
+                }
+            }
+            super::exit(match report.verdict.decision {
+                Decision::Promote | Decision::Continue => super::EXIT_OK,
+                Decision::Rollback => super::EXIT_FAILED,
+                Decision::Inconclusive => EXIT_INCONCLUSIVE,
+            })
+        }
+        Err(e) => {
+            eprintln!("canaryd judge: {e}");
+            super::exit(super::EXIT_ERROR)
+        }
+    }
+}
+
+async fn run_inner(args: &super::judge::Args) -> Result<RangeReport, String> {
+    let (Some(url), Some(policy_path), Some(from), Some(to)) =
+        (&args.prometheus, &args.policy, &args.from, &args.to)
+    else {
+        return Err("--prometheus needs --policy, --from and --to".into());
+    };
+    let mut policy = crate::policy::load_file(policy_path).map_err(|e| e.to_string())?;
+    policy.analysis.prometheus.url = url.clone();
+    let from = parse_time(from).map_err(|e| format!("--from: {e}"))?;
+    let to = parse_time(to).map_err(|e| format!("--to: {e}"))?;
+    let source = PrometheusSource::new(&policy.analysis.prometheus).map_err(|e| e.to_string())?;
+    judge_range(&source, &policy, policy_path, from, to).await
+}
+
+/// Judges `from..to` (Unix seconds) window by window with `source`.
+///
+/// Fails when no whole window fits or when every window's read failed.
+pub async fn judge_range(
+    source: &dyn MetricSource,
+    policy: &Policy,
+    policy_path: &Path,
+    from: i64,
+    to: i64,
+) -> Result<RangeReport, String> {
+    let interval = policy.analysis.interval;
+    let step = interval.as_secs().max(1) as i64;
+    if to - from < step {
+        return Err(format!(
+            "the range {from}..{to} is shorter than one analysis interval ({step}s)"
+        ));
+    }
+    let mut evidence = Evidence::default();
+    let mut timeline = Vec::new();
+    let mut verdict = None;
+    let mut k: u32 = 1;
+    while from + i64::from(k) * step <= to {
+        let end = from + i64::from(k) * step;
+        let window = Window {
+            end_unix_secs: end,
+            length: interval,
+            at_secs: (end - from) as f64,
+            expected_canary_share: None,
+        };
+        let entry = match source.observe(policy, &window).await {
+            Ok(obs) => {
+                evidence.record(&obs);
+                let v = judge::evaluate(&policy.analysis, &evidence);
+                let entry = TimelineEntry {
+                    window: k,
+                    from: end - step,
+                    to: end,
+                    at_secs: window.at_secs,
+                    decision: Some(v.decision),
+                    reason: v.reason.clone(),
+                    metrics: obs.metrics,
+                };
+                verdict = Some(v);
+                entry
+            }
+            Err(e) => {
+                tracing::warn!(window = k, end, error = %e, "metric source failed; holding");
+                TimelineEntry {
+                    window: k,
+                    from: end - step,
+                    to: end,
+                    at_secs: window.at_secs,
+                    decision: None,
+                    reason: format!("hold: {e}"),
+                    metrics: Vec::new(),
+                }
+            }
+        };
+        timeline.push(entry);
+        if verdict
+            .as_ref()
+            .is_some_and(|v: &Verdict| v.decision == Decision::Rollback)
+        {
+            break;
+        }
+        k += 1;
+    }
+    let Some(verdict) = verdict else {
+        let last = timeline
+            .last()
+            .map(|e| e.reason.clone())
+            .unwrap_or_default();
+        return Err(format!("no window could be read ({last})"));
+    };
+    Ok(RangeReport {
+        policy: policy_path.display().to_string(),
+        from,
+        to,
+        interval_secs: interval.as_secs_f64(),
+        timeline,
+        verdict,
+    })
+}
+
+/// Parses Unix seconds (`1700000000`, fractions truncated) or RFC 3339
+/// (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() {
+            return Ok(secs.floor() as i64);
+        }
+    }
+    parse_rfc3339(s).ok_or_else(|| format!("{s:?} is neither Unix seconds nor RFC 3339"))
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let ob = rest.as_bytes();
+            if ob.len() != 6 || ob[3] != b':' {
+                return None;
+            }
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_unix_and_rfc3339_times() {
+        assert_eq!(parse_time("1700000000"), Ok(1_700_000_000));
+        assert_eq!(parse_time("1700000000.9"), Ok(1_700_000_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(
+            parse_time("2023-11-15T00:13:20.25+02:00"),
+            Ok(1_700_000_000)
+        );
+        assert_eq!(parse_time("2023-11-14T21:13:20-01:00"), Ok(1_700_000_000));
+        assert_eq!(parse_time("2024-02-29T00:00:00Z"), Ok(1_709_164_800));
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2023-11-14T22:13:20",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14T22:13:20+0200",
+            "yesterday",
+            "NaN",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
 }
