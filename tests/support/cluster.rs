@@ -55,6 +55,17 @@ pub fn kubeconfig_path(var: &str) -> PathBuf {
     }
 }
 
+/// Whether `CANARYD_KUBECONFIG` is the one `scripts/kube-sandbox up` wrote
+/// (its current context is `canaryd-admin@canaryd-sandbox`). Tests use it to
+/// check facts that only hold there, such as the restricted user's name.
+pub fn is_sandbox() -> bool {
+    let path = kubeconfig_path(KUBECONFIG_ENV);
+    Kubeconfig::read_from(&path)
+        .ok()
+        .and_then(|k| k.current_context)
+        .is_some_and(|c| c == "canaryd-admin@canaryd-sandbox")
+}
+
 /// A client for the kubeconfig file at `path` (its current context).
 pub async fn client_for(path: &Path) -> Client {
     let kubeconfig = Kubeconfig::read_from(path)
