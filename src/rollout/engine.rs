@@ -791,6 +791,8 @@ fn complete(tx: &mut Tx) {
     );
     tx.next.stable_hash = Some(revision);
     tx.next.revision = None;
+    // The verdicts stay as the record; the evidence would only bloat the annotation.
+    tx.next.evidence = Evidence::default();
     tx.enter(Phase::Idle);
 }
 
@@ -813,6 +815,7 @@ fn on_rolling_back(tx: &mut Tx) {
             tx.revision()
         );
         tx.enter(Phase::RolledBack);
+        tx.next.evidence = Evidence::default();
         tx.event(EventKind::Warning, Reason::RolledBack, message);
     } else if tx.deadline_passed(tx.next.phase_started_at) {
         let message = format!(
