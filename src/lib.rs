@@ -6,14 +6,18 @@
 
 pub mod alerts;
 pub mod cli;
+pub mod controller;
 pub mod demo;
 pub mod judge;
+pub mod lease;
 pub mod metrics;
 pub mod observation;
 pub mod policy;
 pub mod rollout;
+pub mod router;
 pub mod server;
 pub mod simulate;
+pub mod target;
 pub mod telemetry;
 
 /// Errors canaryd reports, named by the operation that failed.
@@ -43,6 +47,125 @@ pub enum Error {
         addr: String,
         /// Why it failed.
         source: std::io::Error,
+    },
+    /// Building a Kubernetes client or reaching the API server failed.
+    #[error("connecting to Kubernetes: {0}")]
+    KubeClient(#[source] Box<kube::Error>),
+    /// Reading a managed Deployment, its ReplicaSets, canary or baseline failed.
+    #[error("observing Deployment {name}: {source}")]
+    ObserveTarget {
+        /// `namespace/name` of the target.
+        name: String,
+        /// Why it failed.
+        source: Box<kube::Error>,
+    },
+    /// The `canaryd.io/state` or `canaryd.io/pending` annotation cannot be read.
+    #[error("reading the rollout state of {name}: {message}")]
+    ReadState {
+        /// `namespace/name` of the target.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Updating the managed Deployment (state, pause, template) failed.
+    #[error("updating Deployment {name}: {source}")]
+    UpdateTarget {
+        /// `namespace/name` of the target.
+        name: String,
+        /// Why it failed.
+        source: Box<kube::Error>,
+    },
+    /// Someone else changed the object since it was read (HTTP 409); retried from fresh state.
+    #[error("conflict writing {name}: it changed since it was read")]
+    Conflict {
+        /// `namespace/name` of the object.
+        name: String,
+    },
+    /// Creating or scaling the canary Deployment failed.
+    #[error("applying canary Deployment {name}: {source}")]
+    ApplyCanary {
+        /// `namespace/name` of the canary.
+        name: String,
+        /// Why it failed.
+        source: Box<kube::Error>,
+    },
+    /// Creating or scaling the baseline Deployment failed.
+    #[error("applying baseline Deployment {name}: {source}")]
+    ApplyBaseline {
+        /// `namespace/name` of the baseline.
+        name: String,
+        /// Why it failed.
+        source: Box<kube::Error>,
+    },
+    /// An object canaryd would create exists and is not owned by the target; it is left alone.
+    #[error("{kind} {name} exists and is not owned by the managed Deployment; not touching it")]
+    ForeignObject {
+        /// Object kind.
+        kind: &'static str,
+        /// `namespace/name`.
+        name: String,
+    },
+    /// No ReplicaSet of the target holds the template the baseline or a rollback needs.
+    #[error("Deployment {name} has no ReplicaSet with template {hash}")]
+    MissingTemplate {
+        /// `namespace/name` of the target.
+        name: String,
+        /// canaryd template hash looked for.
+        hash: String,
+    },
+    /// Deleting a canary, baseline or routing object failed (404 counts as success).
+    #[error("deleting {kind} {name}: {source}")]
+    DeleteObject {
+        /// Object kind.
+        kind: &'static str,
+        /// `namespace/name`.
+        name: String,
+        /// Why it failed.
+        source: Box<kube::Error>,
+    },
+    /// Setting a traffic weight (canary Service, Ingress or HTTPRoute) failed.
+    #[error("setting the canary weight through {kind} {name}: {message}")]
+    SetWeight {
+        /// Object kind.
+        kind: &'static str,
+        /// `namespace/name`.
+        name: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// Switching a Service's version selector failed.
+    #[error("switching the selector of Service {name}: {message}")]
+    SwitchSelector {
+        /// `namespace/name` of the Service.
+        name: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// Publishing a Kubernetes Event failed.
+    #[error("publishing event {reason} on {name}: {source}")]
+    PublishEvent {
+        /// Event reason.
+        reason: String,
+        /// `namespace/name` of the target.
+        name: String,
+        /// Why it failed.
+        source: Box<kube::Error>,
+    },
+    /// Reading, creating or renewing the leader-election Lease failed.
+    #[error("leader election Lease {name}: {message}")]
+    Lease {
+        /// `namespace/name` of the Lease.
+        name: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// Fetching the daemon's rollout board failed.
+    #[error("fetching {url}: {message}")]
+    FetchStatus {
+        /// URL fetched.
+        url: String,
+        /// Why it failed.
+        message: String,
     },
 }
 

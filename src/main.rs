@@ -34,6 +34,10 @@ enum Command {
     DemoApp(cli::demo::AppArgs),
     /// Send demo load to one or more demo-app instances.
     DemoLoad(cli::demo::LoadArgs),
+    /// Run the daemon: watch managed Deployments and roll them out.
+    Run(cli::run::Args),
+    /// Show a running daemon's rollouts as a table.
+    Status(cli::status::Args),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -58,5 +62,7 @@ async fn main() -> ExitCode {
         Command::Judge(args) => cli::judge::run(args).await,
         Command::DemoApp(args) => cli::demo::run_app(args).await,
         Command::DemoLoad(args) => cli::demo::run_load(args).await,
+        Command::Run(args) => cli::run::run(args).await,
+        Command::Status(args) => cli::status::run(args).await,
     }
 }

@@ -5,7 +5,9 @@ pub mod demo;
 pub mod judge;
 pub mod judge_file;
 pub mod judge_prometheus;
+pub mod run;
 pub mod simulate;
+pub mod status;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,232 @@
+//! `canaryd run`: the daemon. Loads policies, serves HTTP, elects a leader
+//! through a Lease and runs the controller until SIGTERM or Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kube::Client;
+use tokio::sync::watch;
+
+use crate::controller::{self, Context, TargetKey};
+use crate::lease::{self, Elector, Leadership, LeaseConfig};
+use crate::metrics::{MetricSource, PrometheusSource};
+use crate::policy::{load_paths, Policy};
+use crate::server::{self, ServerState};
+use crate::telemetry::Metrics;
+use crate::Error;
+
+/// Arguments of `canaryd run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory (or file) of policy YAML files, one per service.
+    #[arg(long)]
+    pub policies: PathBuf,
+    /// Address for /healthz, /readyz, /metrics, /v1/rollouts and /v1/alerts.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// File holding the bearer token the alert webhook requires (webhook off without it).
+    #[arg(long)]
+    pub alert_token_file: Option<PathBuf>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "canaryd")]
+    pub lease_name: String,
+    /// This instance's identity in the Lease (default: pod name, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| String::from("canaryd"));
+    format!("{host}-{}", std::process::id())
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("canaryd run: {message}");
+    super::exit(super::EXIT_ERROR)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Resolves once `rx` holds true.
+async fn flagged(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn sources(policies: &[Policy]) -> Result<BTreeMap<TargetKey, Arc<dyn MetricSource>>, String> {
+    let mut out: BTreeMap<TargetKey, Arc<dyn MetricSource>> = BTreeMap::new();
+    for p in policies {
+        let source = PrometheusSource::new(&p.analysis.prometheus)
+            .map_err(|e| format!("{}: analysis.prometheus: {e}", p.source.display()))?;
+        out.insert(
+            (p.namespace.clone(), p.deployment.clone()),
+            Arc::new(source),
+        );
+    }
+    Ok(out)
+}
+
+/// Runs the daemon until SIGTERM; exit code 0 after a clean shutdown.
+pub async fn run(args: Args) -> ExitCode {
+    let policies = match load_paths(std::slice::from_ref(&args.policies)) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("{e}");
+            }
+            return fail(Error::LoadPolicies(
+                errors.iter().map(|e| e.to_string()).collect(),
+            ));
+        }
+    };
+    let sources = match sources(&policies) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let token = match &args.alert_token_file {
+        Some(path) => match server::read_token_file(path) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => return fail(format!("registering metrics: {e}")),
+    };
+    let state = Arc::new(ServerState::new(metrics, token));
+    state
+        .readiness
+        .policies_loaded
+        .store(true, Ordering::Relaxed);
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            return fail(Error::Serve {
+                addr: args.listen.to_string(),
+                source,
+            })
+        }
+    };
+    let client = match Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => return fail(Error::KubeClient(Box::new(e))),
+    };
+    match client.apiserver_version().await {
+        Ok(v) => {
+            state
+                .readiness
+                .kube_reachable
+                .store(true, Ordering::Relaxed);
+            tracing::info!(version = %v.git_version, "Kubernetes API reachable.");
+        }
+        Err(e) => tracing::warn!(error = %e, "Kubernetes API not reachable yet."),
+    }
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    tracing::info!(
+        policies = policies.len(),
+        listen = %args.listen,
+        identity = %identity,
+        lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+        "Starting."
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        termination().await;
+        tracing::info!("Shutting down: finishing the current action.");
+        stop_tx.send_replace(true);
+    });
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        flagged(stop_rx.clone()),
+    ));
+
+    let (leader_tx, leader_rx) = watch::channel::<Leadership>(None);
+    let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
+    let elector = Elector::new(
+        client.clone(),
+        LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity),
+    );
+    let mut lease_task = tokio::spawn(lease::run(elector, leader_tx, lease_stop_rx));
+    let readiness_state = state.clone();
+    let mut known = leader_rx.clone();
+    tokio::spawn(async move {
+        if known.wait_for(Option::is_some).await.is_ok() {
+            readiness_state
+                .readiness
+                .leadership_known
+                .store(true, Ordering::Relaxed);
+            readiness_state
+                .readiness
+                .kube_reachable
+                .store(true, Ordering::Relaxed);
+        }
+    });
+
+    let ctx = Arc::new(Context::new(
+        client, policies, sources, state, leader_rx, &identity,
+    ));
+    let controller = controller::run(ctx, flagged(stop_rx.clone()));
+    tokio::pin!(controller);
+    // The controller ends on shutdown; the lease task must outlive it.
+    let lease_died = tokio::select! {
+        _ = &mut controller => None,
+        ended = &mut lease_task => Some(ended),
+    };
+    if let Some(ended) = lease_died {
+        let why = match ended {
+            Ok(Ok(())) => String::from("the lease task ended"),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the lease task failed: {e}"),
+        };
+        return fail(format!("{why}; exiting"));
+    }
+    lease_stop_tx.send_replace(true);
+    let mut code = super::exit(super::EXIT_OK);
+    match lease_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => code = fail(e),
+        Err(e) => code = fail(format!("the lease task failed: {e}")),
+    }
+    match server_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => code = fail(e),
+        Err(e) => code = fail(format!("the server task failed: {e}")),
+    }
+    tracing::info!("Stopped.");
+    code
+}

@@ -1,0 +1,255 @@
+//! Carrying out the engine's actions.
+//!
+//! Actions on the target itself are folded into the commit (one update with
+//! the state); the others (canary, baseline, routing, Events) run after it,
+//! in the engine's order, and are idempotent so a restarted daemon can
+//! repeat them.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::runtime::events::{Event, EventType};
+use kube::Resource;
+
+use super::{schedule, Context};
+use crate::policy::{Policy, Strategy};
+use crate::rollout::{Action, EventKind, RolloutState};
+use crate::target::{self, Arm, Observed};
+use crate::{router, Error, Result};
+
+/// Longest Event note the API accepts (1 kB).
+pub const MAX_EVENT_NOTE: usize = 1024;
+
+/// Whether an action changes something other than the target Deployment.
+fn is_external(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::Promote { .. }
+            | Action::RestoreStable { .. }
+            | Action::MarkFailedRevision { .. }
+            | Action::ClearApproval
+            | Action::ClearAbort
+    )
+}
+
+/// Writes the next state, the target-side actions, the pause flag and the
+/// pending list in one update preconditioned on the observed resourceVersion.
+/// Returns the actions still to carry out.
+pub async fn commit(
+    ctx: &Context,
+    policy: &Policy,
+    observed: &Observed,
+    next: &RolloutState,
+    actions: &[Action],
+) -> Result<Vec<Action>> {
+    let mut d = observed.deployment.clone();
+    let mut changed = false;
+    for action in actions {
+        changed |= match action {
+            Action::RestoreStable {
+                template_hash,
+                replacing,
+            } => {
+                match observed.templates.get(template_hash) {
+                    Some(stable) => target::restore_template(&mut d, stable, replacing),
+                    None => {
+                        // Without the ReplicaSet there is nothing to restore;
+                        // the engine reports RollbackStalled at its deadline.
+                        let err = Error::MissingTemplate {
+                            name: target::full_name(&d),
+                            hash: template_hash.clone(),
+                        };
+                        tracing::warn!(service = %policy.service, error = %err, "Cannot restore.");
+                        false
+                    }
+                }
+            }
+            Action::MarkFailedRevision { hash } => target::set_annotation(
+                &mut d,
+                target::FAILED_REVISION_ANNOTATION,
+                Some(hash.clone()),
+            ),
+            Action::ClearApproval => {
+                target::set_annotation(&mut d, target::APPROVE_ANNOTATION, None)
+            }
+            Action::ClearAbort => target::set_annotation(&mut d, target::ABORT_ANNOTATION, None),
+            // Resuming follows from the phase (see `schedule::want_paused`).
+            _ => false,
+        };
+    }
+    // An abort is only honoured in flight; a stale one would abort the next rollout.
+    if next.phase.is_resting() {
+        changed |= target::set_annotation(&mut d, target::ABORT_ANNOTATION, None);
+    }
+    changed |= target::set_annotation(&mut d, target::STATE_ANNOTATION, Some(next.to_json()));
+    let pending: Vec<Action> = actions.iter().filter(|a| is_external(a)).cloned().collect();
+    if !pending.is_empty() {
+        let text = serde_json::to_string(&pending).unwrap_or_else(|_| String::from("[]"));
+        changed |= target::set_annotation(&mut d, target::PENDING_ANNOTATION, Some(text));
+    }
+    let desired = target::desired_hash(&d);
+    let paused = schedule::want_paused(
+        next,
+        &desired,
+        observed.rolled_out && desired == observed.target.desired_hash,
+        !observed.templates.is_empty(),
+    );
+    if target::set_paused(&mut d, paused) {
+        tracing::info!(service = %policy.service, paused, "Setting spec.paused.");
+        changed = true;
+    }
+    if changed {
+        target::update_target(&ctx.client, &d).await?;
+    }
+    Ok(pending)
+}
+
+/// Removes the pending list once `done` was carried out (if it is still that list).
+pub async fn clear_pending(ctx: &Context, policy: &Policy, done: &[Action]) -> Result<()> {
+    let expected = serde_json::to_string(done).unwrap_or_default();
+    target::modify_target(&ctx.client, &policy.namespace, &policy.deployment, |d| {
+        let same = target::annotation(d, target::PENDING_ANNOTATION) == Some(expected.as_str());
+        Ok(same && target::set_annotation(d, target::PENDING_ANNOTATION, None))
+    })
+    .await?;
+    Ok(())
+}
+
+/// The template with canaryd hash `hash`: the target's own or one of its ReplicaSets'.
+fn template_for(observed: &Observed, hash: &str) -> Option<PodTemplateSpec> {
+    if observed.target.desired_hash == hash {
+        return Some(observed.desired_template());
+    }
+    observed.templates.get(hash).cloned()
+}
+
+/// Carries out external actions in order; stops at the first failure
+/// (the pending list stays, so the next pass repeats them).
+pub async fn carry_out(
+    ctx: &Context,
+    policy: &Policy,
+    observed: &Observed,
+    actions: &[Action],
+) -> Result<()> {
+    for action in actions {
+        ctx.ensure_leader()?;
+        carry_out_one(ctx, policy, observed, action).await?;
+    }
+    Ok(())
+}
+
+async fn carry_out_one(
+    ctx: &Context,
+    policy: &Policy,
+    observed: &Observed,
+    action: &Action,
+) -> Result<()> {
+    let client = &ctx.client;
+    let d = &observed.deployment;
+    let (ns, name) = (&policy.namespace, &policy.deployment);
+    match action {
+        Action::EnsureCanary {
+            template_hash,
+            replicas,
+        } => {
+            ensure(ctx, observed, Arm::Canary, template_hash, *replicas).await?;
+            tracing::info!(service = %policy.service, revision = %template_hash, replicas, "Canary sized.");
+        }
+        Action::EnsureBaseline {
+            template_hash,
+            replicas,
+        } => {
+            ensure(ctx, observed, Arm::Baseline, template_hash, *replicas).await?;
+            tracing::info!(service = %policy.service, revision = %template_hash, replicas, "Baseline sized.");
+        }
+        Action::DeleteCanary => {
+            target::delete_arm(client, ns, name, Arm::Canary).await?;
+            router::remove_canary_routes(client, policy).await?;
+        }
+        Action::DeleteBaseline => target::delete_arm(client, ns, name, Arm::Baseline).await?,
+        Action::SetWeight { percent } => {
+            router::set_weight(client, policy, d, *percent).await?;
+            tracing::info!(service = %policy.service, percent, "Canary weight set.");
+        }
+        Action::SwitchSelector {
+            service,
+            to_version,
+        } => {
+            let Strategy::BlueGreen(bg) = &policy.strategy else {
+                return Ok(());
+            };
+            router::switch_selector(client, ns, service, &bg.version_label, to_version).await?;
+            tracing::info!(service = %policy.service, active = %service, version = %to_version, "Selector switched.");
+        }
+        Action::Event {
+            kind,
+            reason,
+            message,
+        } => publish(ctx, d, *kind, &reason.to_string(), message).await,
+        // Folded into the commit.
+        Action::Promote { .. }
+        | Action::RestoreStable { .. }
+        | Action::MarkFailedRevision { .. }
+        | Action::ClearApproval
+        | Action::ClearAbort => {}
+    }
+    Ok(())
+}
+
+async fn ensure(
+    ctx: &Context,
+    observed: &Observed,
+    arm: Arm,
+    hash: &str,
+    replicas: u32,
+) -> Result<()> {
+    let Some(template) = template_for(observed, hash) else {
+        // The template changed again since the decision; the engine sees
+        // that on the next pass. Blocking the pending list would stall it.
+        let err = Error::MissingTemplate {
+            name: target::full_name(&observed.deployment),
+            hash: hash.to_string(),
+        };
+        tracing::warn!(arm = arm.as_str(), error = %err, "Skipping.");
+        return Ok(());
+    };
+    target::ensure_arm(&ctx.client, &observed.deployment, arm, &template, replicas).await?;
+    Ok(())
+}
+
+/// Publishes an Event on the target. A failure is logged, not retried: the
+/// rollout must not stall on its own bookkeeping.
+pub async fn publish(
+    ctx: &Context,
+    d: &k8s_openapi::api::apps::v1::Deployment,
+    kind: EventKind,
+    reason: &str,
+    message: &str,
+) {
+    let mut note = message.to_string();
+    if note.len() > MAX_EVENT_NOTE {
+        let mut cut = MAX_EVENT_NOTE - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    let event = Event {
+        type_: match kind {
+            EventKind::Normal => EventType::Normal,
+            EventKind::Warning => EventType::Warning,
+        },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: String::from("Rollout"),
+        secondary: None,
+    };
+    let reference = d.object_ref(&());
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        let err = Error::PublishEvent {
+            reason: reason.to_string(),
+            name: target::full_name(d),
+            source: Box::new(e),
+        };
+        tracing::warn!(error = %err, "Event not published.");
+    }
+}
