@@ -174,12 +174,18 @@ struct Judged {
 }
 
 fn judge(url: &str, policy: &Path, from: i64, to: i64) -> Judged {
+    let took = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
         .args(["judge", "--prometheus", url, "--policy"])
         .arg(policy)
         .args(["--from", &from.to_string(), "--to", &to.to_string()])
         .output()
         .unwrap_or_else(|e| panic!("running canaryd judge: {e}"));
+    eprintln!(
+        "bench: canaryd judge --prometheus over {}s took {:.1} ms",
+        to - from,
+        took.elapsed().as_secs_f64() * 1000.0
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(

@@ -235,10 +235,16 @@ async fn real_prometheus_counts_buckets_and_judge_flags_the_canary() {
             expected_canary_share: Some(0.5),
         };
         let before = source.queries_sent();
+        let took = std::time::Instant::now();
         let obs = source
             .observe(&policy, &window)
             .await
             .unwrap_or_else(|e| panic!("window {k}: {e}"));
+        eprintln!(
+            "bench: observe of window {k} ({} metrics) took {:.1} ms",
+            policy.analysis.metrics.len(),
+            took.elapsed().as_secs_f64() * 1000.0
+        );
         assert_eq!(
             source.queries_sent() - before,
             policy.analysis.metrics.len() as u64,
@@ -295,6 +301,10 @@ async fn real_prometheus_counts_buckets_and_judge_flags_the_canary() {
     assert_close("canary errors", c_err, c.server_errors, span);
     assert_close("baseline total", b_total, b.sent, span);
     assert_close("baseline errors", b_err, b.server_errors, span);
+    eprintln!(
+        "bench: whole run ({span}s span): canary total {c_total:.1} vs sent {}, errors {c_err:.1} vs {}; baseline total {b_total:.1} vs sent {}, errors {b_err:.1} vs {}",
+        c.sent, c.server_errors, b.sent, b.server_errors
+    );
     let ch = buckets(&obs.metrics[1].canary);
     let bh = buckets(&obs.metrics[1].baseline);
     assert_eq!(ch.le.len(), prometheus::DEFAULT_BUCKETS.len() + 1);
@@ -385,7 +395,13 @@ async fn outage_gives_a_typed_error_and_the_source_recovers() {
     );
 
     prom.kill();
+    let took = std::time::Instant::now();
     let err = source.observe(&policy, &window).await.err();
+    eprintln!(
+        "bench: observe against a killed prometheus failed after {:.1} ms ({} attempts per query)",
+        took.elapsed().as_secs_f64() * 1000.0,
+        fast_options().max_attempts
+    );
     assert!(
         matches!(&err, Some(MetricsError::Unreachable { .. })),
         "expected unreachable, got {err:?}"
@@ -393,7 +409,12 @@ async fn outage_gives_a_typed_error_and_the_source_recovers() {
     assert!(err.is_some_and(|e| e.is_source_failure()));
     assert!(!source.is_online().await);
 
+    let took = std::time::Instant::now();
     prom.restart();
+    eprintln!(
+        "bench: prometheus restart to ready took {:.1} ms",
+        took.elapsed().as_secs_f64() * 1000.0
+    );
     assert!(source.is_online().await);
     let after = source
         .observe(&policy, &window)
