@@ -117,6 +117,211 @@ fn every_error_in_one_file_is_reported() {
 }
 
 #[test]
+fn the_issue_example_reports_unknown_keys_and_values_together() {
+    let src = "service: myapp
+namespace: test
+deployment: myapp-deploy
+foo: 1
+analysis:
+  prometheus:
+    url: http://p:9090
+  intervall: 1m
+  alpha: 0.7
+strategy:
+  canary:
+    steps:
+      - size: 2
+        observe: 10 minutes
+";
+    assert_eq!(
+        parse_errors(src),
+        vec![
+            "inline.yaml:4:1: foo: unknown field \"foo\"; expected one of: service, namespace, deployment, progressDeadline, baseline, traffic, strategy, analysis, alerts, notifications",
+            "inline.yaml:8:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, mode, classic, metrics",
+            "inline.yaml:9:10: analysis.alpha: alpha must be above 0 and below 0.5, found 0.7",
+            "inline.yaml:14:18: strategy.canary.steps[0].observe: expected a duration like 30s, 10m, 1h30m or 500ms, found \"10 minutes\"",
+        ]
+    );
+}
+
+#[test]
+fn every_error_fixture_reports_each_problem_in_document_order() {
+    let f = format!("{FIXTURES}/every-error.yaml");
+    assert_eq!(
+        errors_of("every-error.yaml"),
+        vec![
+            format!("{f}:4:1: foo: unknown field \"foo\"; expected one of: service, namespace, deployment, progressDeadline, baseline, traffic, strategy, analysis, alerts, notifications"),
+            format!("{f}:8:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, mode, classic, metrics"),
+            format!("{f}:9:10: analysis.alpha: alpha must be above 0 and below 0.5, found 0.7"),
+            format!("{f}:14:7: analysis.metrics[0].treshold: unknown field \"treshold\"; expected one of: name, kind, errors, total, buckets, query, direction, critical, minEffect, weight, bounds"),
+            format!("{f}:15:18: analysis.metrics[0].minEffect: expected a number, found \"high\""),
+            format!("{f}:20:18: strategy.canary.steps[0].observe: expected a duration like 30s, 10m, 1h30m or 500ms, found \"10 minutes\""),
+            format!("{f}:21:9: strategy.canary.steps[0].pauze: unknown field \"pauze\"; expected one of: size, weight, observe, gate"),
+            format!("{f}:24:15: strategy.canary.steps[1].gate: expected true or false, found \"maybe\""),
+            format!("{f}:26:13: alerts.matchers: expected a list, found \"severity=\\\"critical\\\"\""),
+            format!("{f}:30:5: notifications[0].channel: unknown field \"channel\"; expected one of: type, url"),
+        ]
+    );
+}
+
+#[test]
+fn wrong_kinds_are_reported_once_and_siblings_still_checked() {
+    let with = |extra: &str| format!("{MINIMAL}{extra}");
+    // A value of the wrong kind is not also reported as missing or empty.
+    assert_eq!(
+        parse_errors("service: a\nnamespace: b\ndeployment: c\nanalysis: [1]\n"),
+        vec!["inline.yaml:4:11: analysis: expected a mapping, found a sequence"]
+    );
+    assert_eq!(
+        parse_errors(&with("    basicAuth: {username: [u], passwordFile: /p}\n")),
+        vec!["inline.yaml:7:27: analysis.prometheus.basicAuth.username: expected a string, found a sequence"]
+    );
+    assert_eq!(
+        parse_errors(&with("strategy:\n  canary: 3\n")),
+        vec!["inline.yaml:8:11: strategy.canary: expected a mapping, found \"3\""]
+    );
+    // Items keep their index when an earlier item has the wrong kind.
+    assert_eq!(
+        parse_errors(&with("strategy:\n  canary:\n    steps:\n      - 3\n      - {size: 2, observe: 10 minutes}\n")),
+        vec![
+            "inline.yaml:10:9: strategy.canary.steps[0]: expected a mapping, found \"3\"",
+            "inline.yaml:11:28: strategy.canary.steps[1].observe: expected a duration like 30s, 10m, 1h30m or 500ms, found \"10 minutes\"",
+        ]
+    );
+    assert_eq!(
+        parse_errors(&with("alerts:\n  matchers: [~, 'team=\"a', {a: 1}]\n  guardWindow: {a: 1}\n")),
+        vec![
+            "inline.yaml:8:14: alerts.matchers[0]: expected a string, found nothing",
+            "inline.yaml:8:17: alerts.matchers[1]: expected a matcher like severity=\"critical\" (label name, then = != =~ or !~, then a quoted value), found \"team=\\\"a\"",
+            "inline.yaml:8:28: alerts.matchers[2]: expected a string, found a mapping",
+            "inline.yaml:9:16: alerts.guardWindow: expected a duration like 30s, 10m, 1h30m or 500ms, found a mapping",
+        ]
+    );
+    // Numbers the YAML reader cannot represent finitely reach the validator.
+    assert_eq!(
+        parse_errors(&with("  alpha: .inf\n")),
+        vec!["inline.yaml:7:10: analysis.alpha: expected a finite number, found inf"]
+    );
+    // Repeated and non-text keys are reported next to everything else.
+    assert_eq!(
+        parse_errors(&with("namespace: other\n? [a]\n: b\nbaseline: {a: 1}\n")),
+        vec![
+            "inline.yaml:7:1: namespace: duplicate key \"namespace\"; each key may appear once",
+            "inline.yaml:8:3: expected a field name, found a sequence",
+            "inline.yaml:10:11: baseline: expected a string, found a mapping",
+        ]
+    );
+}
+
+#[test]
+fn scalars_read_as_names_keep_their_written_text() {
+    let src = MINIMAL
+        .replace("namespace: test", "namespace: yes")
+        .replace("deployment: myapp-deploy", "deployment: 1.50");
+    let p = policy::parse_str(&src, Path::new("inline.yaml")).unwrap();
+    assert_eq!(
+        (p.namespace.as_str(), p.deployment.as_str()),
+        ("yes", "1.50")
+    );
+    let gate = format!(
+        "{MINIMAL}strategy:\n  canary:\n    steps:\n      - {{size: 1, observe: 2m, gate: \"true\"}}\n"
+    );
+    let p = policy::parse_str(&gate, Path::new("inline.yaml")).unwrap();
+    let Strategy::Canary(c) = &p.strategy else {
+        panic!("canary expected");
+    };
+    assert!(c.steps[0].gate);
+}
+
+/// A valid policy with a mapping at every level.
+const LEVELS: &str = "service: myapp
+namespace: test
+deployment: myapp-deploy
+traffic:
+  type: ingress-nginx
+  ingress: myapp
+strategy:
+  canary:
+    steps:
+      - size: 1
+        weight: 10
+        observe: 2m
+analysis:
+  prometheus:
+    url: http://prometheus:9090
+    basicAuth:
+      username: u
+      passwordFile: /p
+  mode: classic
+  classic:
+    passScore: 90
+  metrics:
+    - name: cpu
+      kind: gauge
+      query: 'avg(cpu{pod=~\"{{podRegex}}\"}[{{window}}])'
+      bounds:
+        max: 0.9
+alerts:
+  guardWindow: 5m
+notifications:
+  - type: slack
+    url: https://hooks.example.com/x
+";
+/// Where an extra key can go in [`LEVELS`], one per mapping (the top level
+/// twice): (insert after this 0-based line, indentation), in line order.
+const SLOTS: [(usize, usize); 14] = [
+    (0, 0),  // top level
+    (1, 0),  // top level again
+    (4, 2),  // traffic
+    (6, 2),  // strategy
+    (7, 4),  // strategy.canary
+    (11, 8), // strategy.canary.steps[0]
+    (14, 4), // analysis.prometheus
+    (17, 6), // analysis.prometheus.basicAuth
+    (18, 2), // analysis
+    (20, 4), // analysis.classic
+    (24, 6), // analysis.metrics[0]
+    (26, 8), // analysis.metrics[0].bounds
+    (28, 2), // alerts
+    (31, 4), // notifications[0]
+];
+
+proptest::proptest! {
+    #[test]
+    fn each_unknown_key_at_any_level_is_one_error(
+        slots in proptest::sample::subsequence((0..SLOTS.len()).collect::<Vec<_>>(), 0..=SLOTS.len()),
+        names in proptest::collection::vec("x[a-z]{0,6}", SLOTS.len()),
+    ) {
+        let mut lines: Vec<String> = LEVELS.lines().map(str::to_owned).collect();
+        // Insert from the bottom so earlier line numbers stay valid.
+        for &s in slots.iter().rev() {
+            let (after, indent) = SLOTS[s];
+            lines.insert(after + 1, format!("{}{}: 1", " ".repeat(indent), names[s]));
+        }
+        let src = lines.join("\n");
+        let result = policy::parse_str(&src, Path::new("levels.yaml"));
+        if slots.is_empty() {
+            proptest::prop_assert!(result.is_ok(), "{:?}", result);
+            return Ok(());
+        }
+        let errors = match result {
+            Ok(p) => return Err(proptest::test_runner::TestCaseError::fail(format!("valid: {p:?}"))),
+            Err(e) => e,
+        };
+        proptest::prop_assert_eq!(errors.len(), slots.len(), "{}\n---\n{}", errors, src);
+        // In document order: the k-th inserted key is below its slot line and
+        // the k keys inserted above it.
+        for (k, (e, &s)) in errors.iter().zip(&slots).enumerate() {
+            let (after, indent) = SLOTS[s];
+            proptest::prop_assert_eq!((e.line, e.column), (after + 2 + k, indent + 1), "{}", e);
+            proptest::prop_assert!(e.path.ends_with(&names[s]), "{}", e);
+            let unknown = format!("unknown field {:?}", names[s]);
+            proptest::prop_assert!(e.message.starts_with(&unknown), "{}", e);
+        }
+    }
+}
+
+#[test]
 fn too_large_files_are_rejected_before_reading() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("huge.yaml");

@@ -1,4 +1,4 @@
-//! Reading policy files: size limit, UTF-8, YAML, serde, then validation.
+//! Reading policy files: size limit, UTF-8, YAML node tree, then validation.
 
 use std::fs;
 use std::io::Read;
@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter, Spanned};
 
 use super::error::{PolicyError, PolicyErrors};
-use super::raw::{Node, RawPolicy};
+use super::tree::Node;
 use super::types::Policy;
 use super::validate::{located, validate, Validated};
-use super::values::choices;
 
 /// Largest policy file accepted, checked before reading.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
@@ -170,13 +169,15 @@ pub(crate) fn parse_validated(src: &str, file: &Path) -> Result<Validated, Polic
     if src.trim().is_empty() {
         return Err(whole_file(file, EMPTY).into());
     }
-    // A schema-free parse first: syntax errors, empty documents and a wrong
-    // top-level kind get clear messages, and serde errors get a field path.
-    // Duplicate keys are tolerated here so the typed pass can report them with a path.
-    let mut lenient = serde_saphyr::Options::default();
-    lenient.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
-    let tree: Spanned<Node> = serde_saphyr::from_str_with_options(src, lenient)
-        .map_err(|e| yaml_error(file, &e, None))?;
+    // The only serde pass is schema-free, so it stops only at YAML syntax
+    // errors; unknown keys, duplicate keys and values of the wrong kind are
+    // found while reading the tree, all of them. Non-finite numbers are kept
+    // so that the validator rejects them with a field path.
+    let mut options = serde_saphyr::Options::default();
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
+    let tree: Spanned<Node> =
+        serde_saphyr::from_str_with_options(src, options).map_err(|e| yaml_error(file, &e))?;
     match &tree.value {
         Node::Map(_) => {}
         Node::Null => return Err(whole_file(file, EMPTY).into()),
@@ -193,83 +194,28 @@ pub(crate) fn parse_validated(src: &str, file: &Path) -> Result<Validated, Polic
             .into())
         }
     }
-    let raw: Spanned<RawPolicy> =
-        serde_saphyr::from_str(src).map_err(|e| yaml_error(file, &e, Some(&tree)))?;
-    validate(&raw, file)
+    validate(&tree, src, file)
 }
 
-/// Converts a serde-saphyr error into a located policy error with a field path.
-fn yaml_error(file: &Path, e: &serde_saphyr::Error, tree: Option<&Spanned<Node>>) -> PolicyError {
+/// Converts a serde-saphyr error (YAML syntax, several documents, budgets)
+/// into a located policy error.
+fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
     use serde_saphyr::Error as E;
     let mut e = e.without_snippet();
     if let E::AliasError { error, .. } = e {
         e = error.without_snippet();
     }
     let at = e.location().unwrap_or(Location::UNKNOWN);
-    let is_key = matches!(
-        e,
-        E::SerdeUnknownField { .. } | E::DuplicateMappingKey { .. }
-    );
-    let (path, found) = tree
-        .and_then(|t| path_at(t, at, is_key))
-        .unwrap_or_default();
     let message = match e {
-        E::SerdeUnknownField {
-            field, expected, ..
-        } => unknown_field(field, expected),
-        E::SerdeInvalidType {
-            unexpected,
-            expected,
-            ..
-        }
-        | E::SerdeInvalidValue {
-            unexpected,
-            expected,
-            ..
-        } => format!("expected {expected}, found {unexpected}"),
-        E::SerdeUnknownVariant {
-            variant, expected, ..
-        } => format!("expected {}, found {variant:?}", choices(expected)),
-        E::DuplicateMappingKey { key: Some(k), .. } => {
-            format!("duplicate key {k:?}; each key may appear once")
-        }
-        E::DuplicateMappingKey { key: None, .. } => {
-            "duplicate key; each key may appear once".into()
-        }
         E::MultipleDocuments { .. } => {
             "expected one YAML document per policy file, found several".into()
         }
-        E::InvalidScalar { ty, .. } if !found.is_empty() => {
-            let ty = if *ty == "boolean" {
-                "true or false"
-            } else {
-                ty
-            };
-            format!("expected {}, found {found}", plain_expected(ty))
-        }
-        E::Unexpected { expected, .. } if !found.is_empty() => {
-            format!("expected {}, found {found}", plain_expected(expected))
-        }
-        other => {
-            let text = one_line(&DefaultMessageFormatter.format_message(other));
-            if tree.is_none() {
-                format!("invalid YAML: {text}")
-            } else {
-                text
-            }
-        }
+        other => format!(
+            "invalid YAML: {}",
+            one_line(&DefaultMessageFormatter.format_message(other))
+        ),
     };
-    located(file, at, path, message)
-}
-
-/// serde-saphyr's token names ("string scalar", "mapping start") as policy words.
-fn plain_expected(expected: &str) -> String {
-    match expected {
-        "mapping start" | "mapping" => "a mapping".into(),
-        "sequence start" | "sequence" => "a list".into(),
-        "string scalar" => "a string".into(),
-        other => other.to_owned(),
-    }
+    located(file, at, "", message)
 }
 
 fn one_line(s: &str) -> String {
@@ -278,108 +224,4 @@ fn one_line(s: &str) -> String {
         .collect::<String>()
         .trim()
         .to_owned()
-}
-
-fn unknown_field(field: &str, expected: &[&str]) -> String {
-    let close = expected
-        .iter()
-        .find(|c| c.eq_ignore_ascii_case(field) || edit_distance(c, field) <= 2);
-    let hint = close.map_or(String::new(), |c| format!(" (did you mean {c:?}?)"));
-    format!(
-        "unknown field {field:?}{hint}; expected one of: {}",
-        expected.join(", ")
-    )
-}
-
-/// Levenshtein distance, for "did you mean" hints on short field names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn same(a: Location, b: Location) -> bool {
-    a.line() == b.line() && a.column() == b.column() && a.line() > 0
-}
-
-/// The field path at a location and the kind of node found there. Keys match
-/// the deepest key (unknown fields); values the shallowest value, because a
-/// container starts where its first child does.
-fn path_at(tree: &Spanned<Node>, at: Location, key: bool) -> Option<(String, String)> {
-    fn walk(
-        node: &Spanned<Node>,
-        at: Location,
-        key: bool,
-        prefix: &str,
-        best: &mut Option<(String, String)>,
-    ) {
-        if !key && best.is_none() && same(node.referenced, at) {
-            let found = match &node.value {
-                Node::Scalar(text) => format!("{text:?}"),
-                other => other.kind_name().to_owned(),
-            };
-            *best = Some((prefix.to_owned(), found));
-            return;
-        }
-        match &node.value {
-            Node::Map(entries) => {
-                for (k, v) in entries {
-                    let name = match &k.value {
-                        Node::Scalar(s) => s.as_str(),
-                        _ => "?",
-                    };
-                    let p = if prefix.is_empty() {
-                        name.to_owned()
-                    } else {
-                        format!("{prefix}.{name}")
-                    };
-                    if key && same(k.referenced, at) {
-                        *best = Some((p.clone(), "a key".to_owned()));
-                    }
-                    walk(v, at, key, &p, best);
-                }
-            }
-            Node::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    walk(item, at, key, &format!("{prefix}[{i}]"), best);
-                }
-            }
-            Node::Null | Node::Scalar(_) => {}
-        }
-    }
-    let mut best = None;
-    walk(tree, at, key, "", &mut best);
-    best
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn edit_distance_counts_single_edits() {
-        assert_eq!(edit_distance("interval", "intervall"), 1);
-        assert_eq!(edit_distance("abc", "abc"), 0);
-        assert_eq!(edit_distance("", "ab"), 2);
-    }
-
-    #[test]
-    fn unknown_field_suggests_close_names() {
-        assert_eq!(
-            unknown_field("intervall", &["interval", "alpha"]),
-            "unknown field \"intervall\" (did you mean \"interval\"?); expected one of: interval, alpha"
-        );
-        assert_eq!(
-            unknown_field("zzz", &["interval"]),
-            "unknown field \"zzz\"; expected one of: interval"
-        );
-    }
 }

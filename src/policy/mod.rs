@@ -1,4 +1,5 @@
-//! Policy files: raw serde types → `validate()` (collects every error) → typed [`Policy`].
+//! Policy files: located node tree → raw types → `validate()` (collects every
+//! error) → typed [`Policy`].
 //!
 //! Entry points: [`parse_str`], [`load_file`] and [`load_paths`]. Every problem
 //! is a [`PolicyError`] located as `file:line:column: field.path: message`.
@@ -6,6 +7,7 @@
 mod error;
 mod load;
 mod raw;
+mod tree;
 mod types;
 mod validate;
 mod values;

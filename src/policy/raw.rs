@@ -1,299 +1,365 @@
-//! Raw serde shapes of a policy file, exactly as written (camelCase YAML).
+//! Raw shapes of a policy file, exactly as written (camelCase YAML), read out of
+//! the located node tree.
 //!
-//! Every leaf is wrapped in [`Spanned`] so `validate` can point at the value it
-//! rejects. Numbers, durations and sizes are read as a loose [`Scalar`] so that a
-//! wrong type becomes a collected validation error instead of stopping serde.
+//! The `mappings!` declarations below are the schema: each names a mapping's
+//! fields, their YAML keys and their types, in the order the "expected one of"
+//! hint lists them. Reading never stops early: an unknown key, a duplicate key
+//! or a value of the wrong kind (a mapping where a string belongs) is reported
+//! and left out, and reading goes on with the rest. Numbers, durations and sizes
+//! are read as a loose [`Scalar`] so `validate` reports their type errors.
 
-use std::fmt;
-
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-/// A value with its source location.
-pub(crate) type S<T> = Spanned<T>;
+pub(crate) use super::tree::Scalar;
+use super::tree::{found, scalar_text, Node, S};
+use super::validate::Ctx;
 
-/// Top level of a policy file.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawPolicy {
-    pub service: Option<S<String>>,
-    pub namespace: Option<S<String>>,
-    pub deployment: Option<S<String>>,
-    pub progress_deadline: Option<S<Scalar>>,
-    pub baseline: Option<S<String>>,
-    pub traffic: Option<S<RawTraffic>>,
-    pub strategy: Option<S<RawStrategy>>,
-    pub analysis: Option<S<RawAnalysis>>,
-    pub alerts: Option<S<RawAlerts>>,
-    pub notifications: Option<S<Vec<S<RawNotification>>>>,
+/// A list; an item of the wrong kind is `None` (already reported) so the
+/// others keep their index in messages.
+pub(crate) type List<T> = Vec<Option<S<T>>>;
+
+/// A type that can be read from a tree node.
+pub(crate) trait FromNode: Sized {
+    /// What a value of this type is called in "expected …, found …".
+    const EXPECTED: &'static str;
+
+    /// Reads `node` at field path `path`; `None` when it has the wrong kind.
+    /// Problems inside a container are reported to `ctx` as they are found.
+    fn from_node(node: &S<Node>, path: &str, ctx: &mut Ctx<'_>) -> Option<Self>;
 }
 
-/// `traffic:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawTraffic {
-    #[serde(rename = "type")]
-    pub kind: Option<S<String>>,
-    pub ingress: Option<S<String>>,
-    pub http_route: Option<S<String>>,
-}
-
-/// `strategy:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawStrategy {
-    pub canary: Option<S<RawCanary>>,
-    pub blue_green: Option<S<RawBlueGreen>>,
-}
-
-/// `strategy.canary:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawCanary {
-    pub steps: Option<S<Vec<S<RawStep>>>>,
-}
-
-/// `strategy.canary.steps[i]:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawStep {
-    pub size: Option<S<Scalar>>,
-    pub weight: Option<S<Scalar>>,
-    pub observe: Option<S<Scalar>>,
-    pub gate: Option<S<bool>>,
-}
-
-/// `strategy.blueGreen:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawBlueGreen {
-    pub active_service: Option<S<String>>,
-    pub preview_service: Option<S<String>>,
-    pub version_label: Option<S<String>>,
-    pub observe: Option<S<Scalar>>,
-    pub gate: Option<S<bool>>,
-    pub keep_old_for: Option<S<Scalar>>,
-}
-
-/// `analysis:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawAnalysis {
-    pub prometheus: Option<S<RawPrometheus>>,
-    pub interval: Option<S<Scalar>>,
-    pub max_duration: Option<S<Scalar>>,
-    pub alpha: Option<S<Scalar>>,
-    pub on_no_data: Option<S<String>>,
-    pub mode: Option<S<String>>,
-    pub classic: Option<S<RawClassic>>,
-    pub metrics: Option<S<Vec<S<RawMetric>>>>,
-}
-
-/// `analysis.prometheus:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawPrometheus {
-    pub url: Option<S<String>>,
-    pub bearer_token_file: Option<S<String>>,
-    pub basic_auth: Option<S<RawBasicAuth>>,
-    pub ca_file: Option<S<String>>,
-}
-
-/// `analysis.prometheus.basicAuth:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawBasicAuth {
-    pub username: Option<S<String>>,
-    pub password_file: Option<S<String>>,
-}
-
-/// `analysis.classic:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawClassic {
-    pub pass_score: Option<S<Scalar>>,
-    pub marginal_score: Option<S<Scalar>>,
-}
-
-/// `analysis.metrics[i]:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawMetric {
-    pub name: Option<S<String>>,
-    pub kind: Option<S<String>>,
-    pub errors: Option<S<String>>,
-    pub total: Option<S<String>>,
-    pub buckets: Option<S<String>>,
-    pub query: Option<S<String>>,
-    pub direction: Option<S<String>>,
-    pub critical: Option<S<bool>>,
-    pub min_effect: Option<S<Scalar>>,
-    pub weight: Option<S<Scalar>>,
-    pub bounds: Option<S<RawBounds>>,
-}
-
-/// `analysis.metrics[i].bounds:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawBounds {
-    pub min: Option<S<Scalar>>,
-    pub max: Option<S<Scalar>>,
-}
-
-/// `alerts:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawAlerts {
-    pub matchers: Option<S<Vec<S<String>>>>,
-    pub guard_window: Option<S<Scalar>>,
-}
-
-/// `notifications[i]:`
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawNotification {
-    #[serde(rename = "type")]
-    pub kind: Option<S<String>>,
-    pub url: Option<S<String>>,
-}
-
-/// Any YAML scalar; the validator decides which types it accepts.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Scalar {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-}
-
-impl fmt::Display for Scalar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scalar::Null => f.write_str("null"),
-            Scalar::Bool(b) => write!(f, "{b}"),
-            Scalar::Int(i) => write!(f, "{i}"),
-            Scalar::Float(x) => write!(f, "{x}"),
-            Scalar::Str(s) => write!(f, "{s:?}"),
+/// Reads a value with its location. A value of the wrong kind is reported as
+/// `expected …, found …`, and its path is remembered so `validate` does not
+/// also call it missing.
+pub(crate) fn read<T: FromNode>(node: &S<Node>, path: &str, ctx: &mut Ctx<'_>) -> Option<S<T>> {
+    match T::from_node(node, path, ctx) {
+        Some(value) => Some(Spanned {
+            value,
+            referenced: node.referenced,
+            defined: node.defined,
+        }),
+        None => {
+            let found = found(node, ctx.src);
+            ctx.err(
+                node.referenced,
+                path,
+                format!("expected {}, found {found}", T::EXPECTED),
+            );
+            ctx.dropped.push(path.to_owned());
+            None
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number or a string")
-            }
-            fn visit_unit<E>(self) -> Result<Scalar, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_none<E>(self) -> Result<Scalar, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar::Int(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-                // Too large for i64: keep it as a (huge) float so range checks reject it.
-                Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar::Float(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Str(v.to_owned()))
-            }
-        }
-        d.deserialize_any(V)
+impl FromNode for String {
+    const EXPECTED: &'static str = "a string";
+    fn from_node(node: &S<Node>, _: &str, ctx: &mut Ctx<'_>) -> Option<Self> {
+        scalar_text(node, ctx.src)
     }
 }
 
-/// Any YAML node with locations; used to find the field path of a serde error
-/// and to classify the top-level value.
-#[derive(Debug)]
-pub(crate) enum Node {
-    Null,
-    /// The scalar's text (numbers and booleans formatted).
-    Scalar(String),
-    Seq(Vec<S<Node>>),
-    Map(Vec<(S<Node>, S<Node>)>),
-}
-
-impl Node {
-    /// The YAML kind, for "found a sequence" style messages.
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            Node::Null => "nothing",
-            Node::Scalar(_) => "a scalar",
-            Node::Seq(_) => "a sequence",
-            Node::Map(_) => "a mapping",
+impl FromNode for bool {
+    const EXPECTED: &'static str = "true or false";
+    fn from_node(node: &S<Node>, _: &str, _: &mut Ctx<'_>) -> Option<Self> {
+        match &node.value {
+            Node::Scalar(Scalar::Bool(b)) => Some(*b),
+            // A quoted "true" is still clearly meant as a boolean.
+            Node::Scalar(Scalar::Str(s)) if s.eq_ignore_ascii_case("true") => Some(true),
+            Node::Scalar(Scalar::Str(s)) if s.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Node;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any YAML value")
-            }
-            fn visit_unit<E>(self) -> Result<Node, E> {
-                Ok(Node::Null)
-            }
-            fn visit_none<E>(self) -> Result<Node, E> {
-                Ok(Node::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
-                Ok(Node::Scalar(v.to_string()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
-                Ok(Node::Scalar(v.to_string()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
-                Ok(Node::Scalar(v.to_string()))
-            }
-            fn visit_i128<E>(self, v: i128) -> Result<Node, E> {
-                Ok(Node::Scalar(v.to_string()))
-            }
-            fn visit_u128<E>(self, v: u128) -> Result<Node, E> {
-                Ok(Node::Scalar(v.to_string()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
-                Ok(Node::Scalar(v.to_string()))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
-                Ok(Node::Scalar(v.to_owned()))
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Node, E> {
-                Ok(Node::Scalar(String::from_utf8_lossy(v).into_owned()))
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
-                Node::deserialize(d)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
-                let mut items = Vec::new();
-                while let Some(x) = a.next_element()? {
-                    items.push(x);
-                }
-                Ok(Node::Seq(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(kv) = a.next_entry::<S<Node>, S<Node>>()? {
-                    entries.push(kv);
-                }
-                Ok(Node::Map(entries))
+impl FromNode for Scalar {
+    const EXPECTED: &'static str = "a value";
+    fn from_node(node: &S<Node>, _: &str, _: &mut Ctx<'_>) -> Option<Self> {
+        match &node.value {
+            Node::Null => None,
+            Node::Scalar(s) => Some(s.clone()),
+            other => Some(Scalar::Nested(other.kind_name())),
+        }
+    }
+}
+
+impl<T: FromNode> FromNode for List<T> {
+    const EXPECTED: &'static str = "a list";
+    fn from_node(node: &S<Node>, path: &str, ctx: &mut Ctx<'_>) -> Option<Self> {
+        let Node::Seq(items) = &node.value else {
+            return None;
+        };
+        Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| read(item, &format!("{path}[{i}]"), ctx))
+                .collect(),
+        )
+    }
+}
+
+/// The entries of one mapping being read: hands out fields by key, then
+/// reports every key that was not asked for and every repeated key.
+struct Fields<'n> {
+    entries: &'n [(S<Node>, S<Node>)],
+    path: &'n str,
+    known: Vec<&'static str>,
+}
+
+impl<'n> Fields<'n> {
+    fn new(entries: &'n [(S<Node>, S<Node>)], path: &'n str) -> Self {
+        Fields {
+            entries,
+            path,
+            known: Vec::new(),
+        }
+    }
+
+    /// The first value under `key`; a null value counts as absent.
+    fn take<T: FromNode>(&mut self, key: &'static str, ctx: &mut Ctx<'_>) -> Option<S<T>> {
+        self.known.push(key);
+        let (_, value) = self
+            .entries
+            .iter()
+            .find(|(k, _)| matches!(&k.value, Node::Scalar(Scalar::Str(s)) if s == key))?;
+        if matches!(value.value, Node::Null) {
+            return None;
+        }
+        read(value, &join(self.path, key), ctx)
+    }
+
+    /// Reports unknown, repeated and non-scalar keys, in document order.
+    fn finish(self, ctx: &mut Ctx<'_>) {
+        for (i, (key, _)) in self.entries.iter().enumerate() {
+            let Some(name) = scalar_text(key, ctx.src) else {
+                let found = found(key, ctx.src);
+                ctx.err(
+                    key.referenced,
+                    self.path,
+                    format!("expected a field name, found {found}"),
+                );
+                continue;
+            };
+            let path = join(self.path, &name);
+            if !self.known.contains(&name.as_str()) {
+                ctx.err(key.referenced, path, unknown_field(&name, &self.known));
+            } else if self.entries[..i]
+                .iter()
+                .any(|(k, _)| scalar_text(k, ctx.src).as_deref() == Some(name.as_str()))
+            {
+                ctx.err(
+                    key.referenced,
+                    path,
+                    format!("duplicate key {name:?}; each key may appear once"),
+                );
             }
         }
-        d.deserialize_any(V)
+    }
+}
+
+/// `parent.field`, or `field` at the top level.
+pub(crate) fn join(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+fn unknown_field(field: &str, expected: &[&str]) -> String {
+    let close = expected
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case(field) || edit_distance(c, field) <= 2);
+    let hint = close.map_or(String::new(), |c| format!(" (did you mean {c:?}?)"));
+    format!(
+        "unknown field {field:?}{hint}; expected one of: {}",
+        expected.join(", ")
+    )
+}
+
+/// Levenshtein distance, for "did you mean" hints on short field names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Declares raw mapping types: each field is `name: Type = "yamlKey"` and
+/// becomes `Option<S<Type>>` (absent or null → `None`). The declaration is the
+/// single source of the allowed keys, for reading and for the hint alike.
+macro_rules! mappings {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident { $($field:ident: $ty:ty = $key:literal,)* }
+    )*) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub(crate) struct $name {
+            $(pub $field: Option<S<$ty>>,)*
+        }
+
+        impl FromNode for $name {
+            const EXPECTED: &'static str = "a mapping";
+            fn from_node(node: &S<Node>, path: &str, ctx: &mut Ctx<'_>) -> Option<Self> {
+                let Node::Map(entries) = &node.value else {
+                    return None;
+                };
+                let mut fields = Fields::new(entries, path);
+                let raw = $name {
+                    $($field: fields.take($key, ctx),)*
+                };
+                fields.finish(ctx);
+                Some(raw)
+            }
+        }
+    )*};
+}
+
+mappings! {
+    /// Top level of a policy file.
+    RawPolicy {
+        service: String = "service",
+        namespace: String = "namespace",
+        deployment: String = "deployment",
+        progress_deadline: Scalar = "progressDeadline",
+        baseline: String = "baseline",
+        traffic: RawTraffic = "traffic",
+        strategy: RawStrategy = "strategy",
+        analysis: RawAnalysis = "analysis",
+        alerts: RawAlerts = "alerts",
+        notifications: List<RawNotification> = "notifications",
+    }
+
+    /// `traffic:`
+    RawTraffic {
+        kind: String = "type",
+        ingress: String = "ingress",
+        http_route: String = "httpRoute",
+    }
+
+    /// `strategy:`
+    RawStrategy {
+        canary: RawCanary = "canary",
+        blue_green: RawBlueGreen = "blueGreen",
+    }
+
+    /// `strategy.canary:`
+    RawCanary {
+        steps: List<RawStep> = "steps",
+    }
+
+    /// `strategy.canary.steps[i]:`
+    RawStep {
+        size: Scalar = "size",
+        weight: Scalar = "weight",
+        observe: Scalar = "observe",
+        gate: bool = "gate",
+    }
+
+    /// `strategy.blueGreen:`
+    RawBlueGreen {
+        active_service: String = "activeService",
+        preview_service: String = "previewService",
+        version_label: String = "versionLabel",
+        observe: Scalar = "observe",
+        gate: bool = "gate",
+        keep_old_for: Scalar = "keepOldFor",
+    }
+
+    /// `analysis:`
+    RawAnalysis {
+        prometheus: RawPrometheus = "prometheus",
+        interval: Scalar = "interval",
+        max_duration: Scalar = "maxDuration",
+        alpha: Scalar = "alpha",
+        on_no_data: String = "onNoData",
+        mode: String = "mode",
+        classic: RawClassic = "classic",
+        metrics: List<RawMetric> = "metrics",
+    }
+
+    /// `analysis.prometheus:`
+    RawPrometheus {
+        url: String = "url",
+        bearer_token_file: String = "bearerTokenFile",
+        basic_auth: RawBasicAuth = "basicAuth",
+        ca_file: String = "caFile",
+    }
+
+    /// `analysis.prometheus.basicAuth:`
+    RawBasicAuth {
+        username: String = "username",
+        password_file: String = "passwordFile",
+    }
+
+    /// `analysis.classic:`
+    RawClassic {
+        pass_score: Scalar = "passScore",
+        marginal_score: Scalar = "marginalScore",
+    }
+
+    /// `analysis.metrics[i]:`
+    RawMetric {
+        name: String = "name",
+        kind: String = "kind",
+        errors: String = "errors",
+        total: String = "total",
+        buckets: String = "buckets",
+        query: String = "query",
+        direction: String = "direction",
+        critical: bool = "critical",
+        min_effect: Scalar = "minEffect",
+        weight: Scalar = "weight",
+        bounds: RawBounds = "bounds",
+    }
+
+    /// `analysis.metrics[i].bounds:`
+    RawBounds {
+        min: Scalar = "min",
+        max: Scalar = "max",
+    }
+
+    /// `alerts:`
+    RawAlerts {
+        matchers: List<String> = "matchers",
+        guard_window: Scalar = "guardWindow",
+    }
+
+    /// `notifications[i]:`
+    RawNotification {
+        kind: String = "type",
+        url: String = "url",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("interval", "intervall"), 1);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
+
+    #[test]
+    fn unknown_field_suggests_close_names() {
+        assert_eq!(
+            unknown_field("intervall", &["interval", "alpha"]),
+            "unknown field \"intervall\" (did you mean \"interval\"?); expected one of: interval, alpha"
+        );
+        assert_eq!(
+            unknown_field("zzz", &["interval"]),
+            "unknown field \"zzz\"; expected one of: interval"
+        );
     }
 }

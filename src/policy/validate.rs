@@ -7,6 +7,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{PolicyError, PolicyErrors};
 use super::raw::*;
+use super::tree::Node;
 use super::types::*;
 use super::values::*;
 
@@ -31,15 +32,26 @@ pub(crate) struct Validated {
 /// Collects errors for one file.
 pub(crate) struct Ctx<'a> {
     file: &'a Path,
+    /// The file's text, for scalars' written form.
+    pub src: &'a str,
     pub errors: Vec<PolicyError>,
+    /// Paths of values left out for having the wrong kind (already reported),
+    /// so they are not reported as missing too.
+    pub dropped: Vec<String>,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(file: &'a Path) -> Self {
+    pub fn new(file: &'a Path, src: &'a str) -> Self {
         Ctx {
             file,
+            src,
             errors: Vec::new(),
+            dropped: Vec::new(),
         }
+    }
+
+    fn was_dropped(&self, path: &str) -> bool {
+        self.dropped.iter().any(|d| d == path)
     }
 
     pub fn err(&mut self, at: Location, path: impl Into<String>, message: impl Into<String>) {
@@ -64,6 +76,9 @@ pub(crate) fn located(
 }
 
 fn missing(ctx: &mut Ctx<'_>, parent_at: Location, path: &str, what: &str) {
+    if ctx.was_dropped(path) {
+        return;
+    }
     let field = path.rsplit('.').next().unwrap_or(path);
     ctx.err(
         parent_at,
@@ -72,17 +87,17 @@ fn missing(ctx: &mut Ctx<'_>, parent_at: Location, path: &str, what: &str) {
     );
 }
 
-fn join(parent: &str, field: &str) -> String {
-    if parent.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{parent}.{field}")
-    }
-}
-
-/// Validates a whole policy; every problem is reported, sorted by position.
-pub(crate) fn validate(raw: &Spanned<RawPolicy>, file: &Path) -> Result<Validated, PolicyErrors> {
-    let mut ctx = Ctx::new(file);
+/// Reads and validates a whole policy from its node tree (`src` is the text it
+/// was parsed from); every problem is reported, sorted by position.
+pub(crate) fn validate(
+    tree: &Spanned<Node>,
+    src: &str,
+    file: &Path,
+) -> Result<Validated, PolicyErrors> {
+    let mut ctx = Ctx::new(file, src);
+    let Some(raw) = read::<RawPolicy>(tree, "", &mut ctx) else {
+        return Err(PolicyErrors(ctx.errors));
+    };
     let top = raw.referenced;
     let r = &raw.value;
 
@@ -547,6 +562,12 @@ fn validate_strategy(
             );
             None
         }
+        // A canary or blueGreen of the wrong kind is already reported.
+        (None, None)
+            if ctx.was_dropped("strategy.canary") || ctx.was_dropped("strategy.blueGreen") =>
+        {
+            None
+        }
         (None, None) => {
             ctx.err(
                 s.referenced,
@@ -604,6 +625,7 @@ fn validate_canary(
     let mut last_percent: Option<(f64, usize)> = None;
     let mut last_weight: Option<(u8, usize)> = None;
     for (i, raw) in steps.value.iter().enumerate() {
+        let Some(raw) = raw else { continue };
         let path = format!("strategy.canary.steps[{i}]");
         let at = raw.referenced;
         let step = &raw.value;
@@ -1014,11 +1036,15 @@ fn template(ctx: &mut Ctx<'_>, v: &Spanned<String>, path: &str) -> Option<Templa
     ok.then(|| Template(v.value.clone()))
 }
 
-fn validate_metrics(ctx: &mut Ctx<'_>, metrics: &[Spanned<RawMetric>]) -> Option<Vec<MetricSpec>> {
+fn validate_metrics(ctx: &mut Ctx<'_>, metrics: &List<RawMetric>) -> Option<Vec<MetricSpec>> {
     let mut out = Vec::new();
     let mut seen: Vec<(String, usize)> = Vec::new();
     let mut all_ok = true;
     for (i, m) in metrics.iter().enumerate() {
+        let Some(m) = m else {
+            all_ok = false;
+            continue;
+        };
         let path = format!("analysis.metrics[{i}]");
         if let Some(name) = &m.value.name {
             if let Some((_, j)) = seen.iter().find(|(n, _)| *n == name.value) {
@@ -1213,6 +1239,10 @@ fn validate_alerts(ctx: &mut Ctx<'_>, a: &Option<Spanned<RawAlerts>>) -> Option<
         .flat_map(|m| m.value.iter())
         .enumerate()
     {
+        let Some(m) = m else {
+            matchers = None;
+            continue;
+        };
         match parse_matcher(&m.value) {
             Ok(lm) => {
                 if let Some(v) = matchers.as_mut() {
@@ -1239,13 +1269,17 @@ fn validate_alerts(ctx: &mut Ctx<'_>, a: &Option<Spanned<RawAlerts>>) -> Option<
 
 fn validate_notifications(
     ctx: &mut Ctx<'_>,
-    n: &Option<Spanned<Vec<Spanned<RawNotification>>>>,
+    n: &Option<Spanned<List<RawNotification>>>,
 ) -> Option<Vec<Notification>> {
     let Some(n) = n else {
         return Some(Vec::new());
     };
     let mut out = Some(Vec::new());
     for (i, item) in n.value.iter().enumerate() {
+        let Some(item) = item else {
+            out = None;
+            continue;
+        };
         let path = format!("notifications[{i}]");
         let kind = match &item.value.kind {
             None => {
