@@ -470,3 +470,72 @@ async fn invalid_promql_is_a_typed_prometheus_error() {
         obs.metrics[0]
     );
 }
+
+/// bcrypt (cost 4) of [`TEST_PASSWORD`], for Prometheus's `basic_auth_users`.
+const TEST_PASSWORD_BCRYPT: &str = "$2b$04$zXLOsVUr8ET505YPoKfo1.6wPD5twMHU7SoYdOpc.cF0RDWAS4cZq";
+/// Password of user `alice` on the TLS Prometheus.
+const TEST_PASSWORD: &str = "canaryd-test-password";
+
+/// HTTPS with a private CA and basic auth against a real Prometheus
+/// (`--web.config.file`): the right credentials and CA work; a wrong
+/// password is HTTP 401; without the CA the TLS handshake fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_custom_ca_and_basic_auth() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (ca, cert, key) = prom::make_test_pki(dir.path());
+    let web = serde_json::json!({
+        "tls_server_config": {"cert_file": cert, "key_file": key},
+        "basic_auth_users": {"alice": TEST_PASSWORD_BCRYPT},
+    });
+    let prom = Prom::start_with_web_config(&[], &web.to_string());
+    let password = dir.path().join("password");
+    std::fs::write(&password, format!("{TEST_PASSWORD}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        |password_file: &std::path::Path, ca_file: Option<&std::path::Path>| PrometheusConfig {
+            url: prom.https_url(),
+            auth: Some(PrometheusAuth::Basic {
+                username: "alice".into(),
+                password_file: password_file.to_path_buf(),
+            }),
+            ca_file: ca_file.map(|p| p.to_path_buf()),
+        };
+    let source = PrometheusSource::with_options(&config(&password, Some(&ca)), fast_options())
+        .unwrap_or_else(|e| panic!("source: {e}"));
+    let deadline = tokio::time::Instant::now() + SCRAPED_TIMEOUT;
+    while !source.is_online().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "TLS prometheus never ready:\n{}",
+            prom.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let data = source
+        .query("vector(42)", now_secs())
+        .await
+        .unwrap_or_else(|e| panic!("query over https: {e}"));
+    assert!(
+        matches!(&data, prometheus_http_query::response::Data::Vector(v)
+            if v.len() == 1 && v[0].sample().value() == 42.0),
+        "{data:?}"
+    );
+
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "nope").unwrap_or_else(|e| panic!("{e}"));
+    let source = PrometheusSource::with_options(&config(&wrong, Some(&ca)), fast_options())
+        .unwrap_or_else(|e| panic!("source: {e}"));
+    let err = source.query("vector(1)", now_secs()).await.err();
+    assert!(
+        matches!(err, Some(MetricsError::HttpStatus { status: 401, .. })),
+        "{err:?}"
+    );
+    assert!(!source.is_online().await);
+
+    let source = PrometheusSource::with_options(&config(&password, None), fast_options())
+        .unwrap_or_else(|e| panic!("source: {e}"));
+    let err = source.query("vector(1)", now_secs()).await.err();
+    assert!(
+        matches!(err, Some(MetricsError::Unreachable { .. })),
+        "untrusted certificate must fail: {err:?}"
+    );
+}

@@ -50,6 +50,7 @@ pub struct Prom {
     storage: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    web_config: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -116,10 +117,40 @@ impl Prom {
             storage: storage.to_path_buf(),
             config,
             log: work.join("prometheus.log"),
+            web_config: None,
             _dir: None,
         };
         prom.spawn();
         prom
+    }
+
+    /// Like [`Prom::start`] with a `--web.config.file` (TLS, basic auth).
+    /// Readiness is then only "accepts TCP connections": probe it over TLS
+    /// with your own client.
+    pub fn start_with_web_config(targets: &[Target], web_config: &str) -> Prom {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, config_text(targets))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        let web = dir.path().join("web.yml");
+        std::fs::write(&web, web_config)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", web.display()));
+        let mut prom = Prom {
+            child: None,
+            port: free_port(),
+            storage: dir.path().join("data"),
+            config,
+            log: dir.path().join("prometheus.log"),
+            web_config: Some(web),
+            _dir: Some(dir),
+        };
+        prom.spawn();
+        prom
+    }
+
+    /// HTTPS base URL (with a TLS web config).
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.
@@ -166,6 +197,11 @@ impl Prom {
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
             .arg("--storage.tsdb.retention.time=30d")
             .arg("--log.level=warn")
+            .args(
+                self.web_config
+                    .iter()
+                    .map(|w| format!("--web.config.file={}", w.display())),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -178,7 +214,16 @@ impl Prom {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if http_get_status(self.port, "/-/ready") == Some(200) {
+            let ready = if self.web_config.is_some() {
+                TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], self.port)),
+                    PROBE_TIMEOUT,
+                )
+                .is_ok()
+            } else {
+                http_get_status(self.port, "/-/ready") == Some(200)
+            };
+            if ready {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -243,4 +288,75 @@ fn http_get_status(port: u16, path: &str) -> Option<u16> {
     let n = stream.read(&mut head).ok()?;
     let text = std::str::from_utf8(&head[..n]).ok()?;
     text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A throw-away PKI made with the `openssl` command in `dir`: returns
+/// `(ca.pem, server.pem, server.key)`, the server certificate valid for
+/// `IP:127.0.0.1` and signed by the CA.
+pub fn make_test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.pem");
+    let key = dir.join("server.key");
+    let csr = dir.join("server.csr");
+    let cert = dir.join("server.pem");
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", ext.display()));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let p = |x: &PathBuf| x.display().to_string();
+    let steps: Vec<Vec<String>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &["-days", "2", "-subj", "/CN=canaryd test CA"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["-keyout".into(), p(&ca_key), "-out".into(), p(&ca)])
+        .collect(),
+        [&["req"][..], &ec[..], &["-subj", "/CN=127.0.0.1"]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["-keyout".into(), p(&key), "-out".into(), p(&csr)])
+            .collect(),
+        ["x509", "-req", "-days", "2", "-in"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                p(&csr),
+                "-CA".into(),
+                p(&ca),
+                "-CAkey".into(),
+                p(&ca_key),
+                "-CAcreateserial".into(),
+                "-extfile".into(),
+                p(&ext),
+                "-out".into(),
+                p(&cert),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("running openssl (Debian package openssl): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (ca, cert, key)
 }
