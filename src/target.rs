@@ -115,6 +115,8 @@ pub struct Observed {
     pub templates: BTreeMap<String, PodTemplateSpec>,
     /// Whether the target finished rolling out its current template.
     pub rolled_out: bool,
+    /// Pods per template hash among the target's ReplicaSets (only hashes with pods).
+    pub pods_by_hash: BTreeMap<String, i32>,
 }
 
 impl Observed {
@@ -289,9 +291,16 @@ pub fn assemble(
     let status = deployment.status.clone().unwrap_or_default();
     let desired = template_hash(&spec.template);
     let mut templates = BTreeMap::new();
+    let mut pods_by_hash = BTreeMap::new();
     for rs in sets {
         if let Some(t) = rs_template(rs) {
-            templates.insert(template_hash(&t), t);
+            let hash = template_hash(&t);
+            let spec_pods = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            let pods = rs.status.as_ref().map(|s| s.replicas).unwrap_or(0);
+            if spec_pods.max(pods) > 0 {
+                *pods_by_hash.entry(hash.clone()).or_insert(0) += spec_pods.max(pods);
+            }
+            templates.insert(hash, t);
         }
     }
     let available = |rs: &ReplicaSet| {
@@ -356,6 +365,7 @@ pub fn assemble(
         target,
         templates,
         rolled_out,
+        pods_by_hash,
     }
 }
 
@@ -458,8 +468,8 @@ pub async fn restore_stable(
             hash: stable_hash.to_string(),
         });
     };
-    let on_stable = observed.target.stable_hash == stable_hash
-        && observed.target.stable.has_ready(observed.target.replicas);
+    // Pods only on the stable template: nothing needs to roll.
+    let on_stable = observed.pods_by_hash.keys().all(|h| h == stable_hash);
     let mut restored = false;
     modify_target(client, &policy.namespace, &policy.deployment, |d| {
         restored = restore_template(d, &stable, replacing);
