@@ -1,0 +1,1034 @@
+//! `canaryd run` as a child process against the real control plane, a real
+//! Prometheus and demo-apps played for each pod (tests/support/pods.rs).
+//!
+//! Needs `CANARYD_KUBECONFIG` (`scripts/test` starts the sandbox) and the
+//! `prometheus` binary. Each test has its own namespace (also holding its
+//! Lease), Prometheus, pod player and daemon(s); policies use 5 s windows.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/pods.rs"]
+mod pods;
+#[path = "support/prom.rs"]
+mod prom;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use canaryd::rollout::{Phase, RolloutState};
+use canaryd::router::httproute_resource;
+use canaryd::target::{self, ROLE_LABEL};
+use cluster::{wait_until, TestNamespace};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use pods::{Behaviour, PodPlayer};
+use serde_json::{json, Value};
+
+const V1: &str = "registry.invalid/canaryd/web:v1";
+const V2: &str = "registry.invalid/canaryd/web:v2";
+const BAD: &str = "registry.invalid/canaryd/web:bad";
+/// Requests per second each played pod receives.
+const RPS: f64 = 40.0;
+/// Longest a whole rollout may take in these tests.
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(150);
+const SHORT: Duration = Duration::from_secs(30);
+const TOKEN: &str = "test-alert-token";
+
+// ---- the daemon process ------------------------------------------------------
+
+struct Daemon {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+    identity: String,
+}
+
+struct DaemonOptions<'a> {
+    policies: &'a Path,
+    kubeconfig: PathBuf,
+    lease_namespace: &'a str,
+    identity: &'a str,
+    token_file: Option<&'a Path>,
+    log_dir: &'a Path,
+}
+
+impl Daemon {
+    fn start(o: &DaemonOptions) -> Daemon {
+        let port = prom::free_port();
+        let log = o.log_dir.join(format!("canaryd-{}-{port}.log", o.identity));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_canaryd"));
+        cmd.arg("run")
+            .arg("--policies")
+            .arg(o.policies)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--lease-namespace")
+            .arg(o.lease_namespace)
+            .arg("--identity")
+            .arg(o.identity)
+            .env("KUBECONFIG", &o.kubeconfig)
+            .env("CANARYD_LOG", "info,canaryd=debug")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        if let Some(t) = o.token_file {
+            cmd.arg("--alert-token-file").arg(t);
+        }
+        let child = cmd.spawn().expect("start canaryd run");
+        Daemon {
+            child: Some(child),
+            port,
+            log,
+            identity: o.identity.to_string(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = format!("{}/readyz", self.url());
+        let start = Instant::now();
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("canaryd exited with {status}:\n{}", self.log_text());
+            }
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < SHORT,
+                "canaryd not ready:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+        c.wait().expect("wait for canaryd")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- the scene: namespace, Prometheus, pod player ------------------------------
+
+fn behaviour(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Behaviour> {
+    let image = pods::image_of(pod);
+    let (version, error_rate) = match image.as_str() {
+        V1 => ("v1", 0.0),
+        V2 => ("v2", 0.0),
+        BAD => ("bad", 0.5),
+        _ => return None,
+    };
+    Some(Behaviour {
+        version: version.to_string(),
+        error_rate,
+        latency_ms: 20,
+    })
+}
+
+struct Scene {
+    ns: TestNamespace,
+    dir: tempfile::TempDir,
+    prom: prom::Prom,
+    _player: PodPlayer,
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        let ns = TestNamespace::create().await;
+        let dir = tempfile::tempdir().unwrap();
+        let sd = dir.path().join("pods.json");
+        let prom = pods::start_prometheus(&sd);
+        let player = PodPlayer::start(ns.client(), ns.name(), &sd, RPS, Arc::new(behaviour));
+        Scene {
+            ns,
+            dir,
+            prom,
+            _player: player,
+        }
+    }
+
+    fn client(&self) -> Client {
+        self.ns.client()
+    }
+
+    fn name(&self) -> &str {
+        self.ns.name()
+    }
+
+    /// Writes `policy` (with `{ns}` and `{prom}` filled in) to a fresh directory.
+    fn policies(&self, policy: &str) -> PathBuf {
+        let dir = self.dir.path().join(format!("policies-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = policy
+            .replace("{ns}", self.name())
+            .replace("{prom}", &self.prom.url());
+        std::fs::write(dir.join("web.yaml"), text).unwrap();
+        dir
+    }
+
+    fn daemon(&self, policies: &Path, identity: &str) -> Daemon {
+        let token = self.dir.path().join("token");
+        std::fs::write(&token, TOKEN).unwrap();
+        Daemon::start(&DaemonOptions {
+            policies,
+            kubeconfig: cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
+            lease_namespace: self.name(),
+            identity,
+            token_file: Some(&token),
+            log_dir: self.dir.path(),
+        })
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        self.ns.api()
+    }
+
+    async fn create_web(&self, replicas: i32) {
+        let mut d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {
+                    "metadata": {"labels": {"app": "web", "version": "v1"}},
+                    "spec": {"containers": [{"name": "app", "image": V1}]}
+                }
+            }
+        }))
+        .unwrap();
+        cluster::place_on_fake_nodes(d.spec.as_mut().unwrap().template.spec.as_mut().unwrap());
+        self.deployments()
+            .create(&PostParams::default(), &d)
+            .await
+            .expect("create web");
+    }
+
+    async fn service(&self, name: &str, selector: Value) {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        self.ns
+            .api::<Service>()
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create Service");
+    }
+
+    /// Like `kubectl set image` (and the version label for blue-green).
+    async fn set_image(&self, image: &str, version: Option<&str>) -> Deployment {
+        let mut template = json!({"spec": {"containers": [{"name": "app", "image": image}]}});
+        if let Some(v) = version {
+            template["metadata"] = json!({"labels": {"version": v}});
+        }
+        self.deployments()
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"template": template}})),
+            )
+            .await
+            .expect("set image")
+    }
+
+    async fn web(&self) -> Deployment {
+        self.deployments().get("web").await.expect("get web")
+    }
+
+    /// Waits until canaryd adopted `web` (paused, state written).
+    async fn wait_adopted(&self, daemon: &Daemon) {
+        wait_until(SHORT, "web adopted (paused, state annotation)", || async {
+            let d = self.web().await;
+            if target::is_paused(&d) && target::annotation(&d, target::STATE_ANNOTATION).is_some() {
+                Ok(())
+            } else {
+                Err(format!("paused {}; log:\n{}", target::is_paused(&d), daemon.log_text()))
+            }
+        })
+        .await;
+    }
+
+    async fn wait_phase(&self, daemon: &Daemon, what: &str, want: impl Fn(&Phase) -> bool) -> Deployment {
+        wait_until(ROLLOUT_TIMEOUT, what, || async {
+            let d = self.web().await;
+            let state = state_of(&d);
+            if want(&state.phase) {
+                Ok(d)
+            } else {
+                Err(format!(
+                    "phase {:?}, last verdict {:?}; events {:?}; daemon log tail:\n{}",
+                    state.phase,
+                    state.last_verdict().map(|v| v.reason.clone()),
+                    reasons(&self.events().await),
+                    tail(&daemon.log_text(), 15)
+                ))
+            }
+        })
+        .await
+    }
+
+    /// canaryd's Events on `web`, oldest first.
+    async fn events(&self) -> Vec<Event> {
+        let api: Api<Event> = self.ns.api();
+        let mut events: Vec<Event> = api
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reporting_controller.as_deref() == Some("canaryd")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+            })
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        events
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn state_of(d: &Deployment) -> RolloutState {
+    target::annotation(d, target::STATE_ANNOTATION)
+        .map(|t| RolloutState::from_json(t).expect("valid state"))
+        .unwrap_or_default()
+}
+
+fn reasons(events: &[Event]) -> Vec<String> {
+    events.iter().filter_map(|e| e.reason.clone()).collect()
+}
+
+fn count(events: &[Event], reason: &str) -> usize {
+    events.iter().filter(|e| e.reason.as_deref() == Some(reason)).count()
+}
+
+fn note(events: &[Event], reason: &str) -> String {
+    events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some(reason))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_else(|| panic!("no {reason} event in {:?}", reasons(events)))
+}
+
+fn image(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+const CANARY_POLICY: &str = r#"
+service: web
+namespace: {ns}
+deployment: web
+progressDeadline: 60s
+baseline: fresh
+traffic: {type: replicas}
+strategy:
+  canary:
+    steps:
+      - size: 1
+        observe: 10s
+      - size: 2
+        observe: 10s
+analysis:
+  prometheus:
+    url: {prom}
+  interval: 5s
+  maxDuration: 5m
+alerts:
+  matchers: ['service="web"']
+  guardWindow: 5s
+"#;
+
+/// Waits until the arms are gone and `web` runs `image` everywhere, paused.
+async fn wait_settled_on(scene: &Scene, daemon: &Daemon, image_want: &str) -> Deployment {
+    wait_until(ROLLOUT_TIMEOUT, &format!("web settled on {image_want}"), || async {
+        let d = scene.web().await;
+        let canary = scene.deployments().get_opt("web-canary").await.map_err(|e| e.to_string())?;
+        let baseline = scene.deployments().get_opt("web-baseline").await.map_err(|e| e.to_string())?;
+        let st = d.status.clone().unwrap_or_default();
+        let done = image(&d) == image_want
+            && canary.is_none()
+            && baseline.is_none()
+            && target::is_paused(&d)
+            && st.updated_replicas == Some(2)
+            && st.available_replicas == Some(2)
+            && st.replicas == Some(2);
+        if done {
+            Ok(d)
+        } else {
+            Err(format!(
+                "image {}, canary {}, baseline {}, paused {}, status {st:?}, phase {:?}; log:\n{}",
+                image(&d),
+                canary.is_some(),
+                baseline.is_some(),
+                target::is_paused(&d),
+                state_of(&d).phase,
+                tail(&daemon.log_text(), 15)
+            ))
+        }
+    })
+    .await
+}
+
+// ---- tests --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotes_a_good_release() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    let policies = scene.policies(CANARY_POLICY);
+    let mut daemon = scene.daemon(&policies, "solo");
+    daemon.wait_ready().await;
+    scene.wait_adopted(&daemon).await;
+
+    let changed = Instant::now();
+    let new = target::desired_hash(&scene.set_image(V2, None).await);
+    let canary = wait_until(SHORT, "canary created", || async {
+        match scene.deployments().get_opt("web-canary").await {
+            Ok(Some(c)) => Ok(c),
+            other => Err(format!("{:?}", other.map(|o| o.is_some()))),
+        }
+    })
+    .await;
+    let reaction = changed.elapsed();
+    assert_eq!(target::annotation(&canary, target::TEMPLATE_HASH_ANNOTATION), Some(new.as_str()));
+    assert_eq!(canary.labels().get(ROLE_LABEL).map(String::as_str), Some("canary"));
+    assert_eq!(image(&canary), V2);
+    let baseline = scene.deployments().get("web-baseline").await.unwrap();
+    assert_eq!(image(&baseline), V1);
+    assert!(target::is_paused(&scene.web().await), "the new template does not roll by itself");
+
+    let d = wait_settled_on(&scene, &daemon, V2).await;
+    let state = state_of(&d);
+    assert!(matches!(state.phase, Phase::Promoted | Phase::Idle), "{:?}", state.phase);
+    let events = scene.events().await;
+    let r = reasons(&events);
+    for want in ["CanaryStarted", "AnalysisStarted", "StepAdvanced", "AnalysisPassed", "Promoted"] {
+        assert_eq!(count(&events, want), 1, "{want} once in {r:?}");
+    }
+    assert!(note(&events, "StepAdvanced").contains("step 2/2"), "{}", note(&events, "StepAdvanced"));
+    assert_eq!(count(&events, "AnalysisFailed"), 0, "{r:?}");
+
+    // The board and `canaryd status`.
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["status", "--url", &daemon.url()])
+        .output()
+        .expect("canaryd status");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{table}");
+    assert!(table.starts_with("SERVICE"), "{table}");
+    assert!(table.contains(&format!("{}/web", scene.name())), "{table}");
+    let metrics = reqwest::get(format!("{}/metrics", daemon.url())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("canaryd_decisions_total{outcome="), "{metrics}");
+    eprintln!("figure: image change to canary Deployment created: {reaction:?}");
+    assert_eq!(daemon.terminate().code(), Some(0), "clean exit on SIGTERM");
+    scene.ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolls_back_a_bad_release() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    let policies = scene.policies(CANARY_POLICY);
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    let bad = target::desired_hash(&scene.set_image(BAD, None).await);
+
+    let d = scene
+        .wait_phase(&daemon, "rolled back", |p| *p == Phase::RolledBack)
+        .await;
+    assert_eq!(image(&d), V1, "stable template restored");
+    assert_eq!(target::annotation(&d, target::FAILED_REVISION_ANNOTATION), Some(bad.as_str()));
+    assert_eq!(state_of(&d).failed_revision.as_deref(), Some(bad.as_str()));
+    assert!(scene.deployments().get_opt("web-canary").await.unwrap().is_none());
+    assert!(scene.deployments().get_opt("web-baseline").await.unwrap().is_none());
+    let events = scene.events().await;
+    let failed = note(&events, "AnalysisFailed");
+    assert!(failed.chars().any(|c| c.is_ascii_digit()), "numbers in {failed}");
+    let rolled = note(&events, "RolledBack");
+    assert!(rolled.contains(&bad) && rolled.contains("not retried"), "{rolled}");
+    let warning = events.iter().find(|e| e.reason.as_deref() == Some("AnalysisFailed")).unwrap();
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    eprintln!("AnalysisFailed: {failed}");
+    scene.ns.cleanup().await;
+}
+
+fn weighted_policy(traffic: &str) -> String {
+    format!(
+        r#"
+service: web
+namespace: {{ns}}
+deployment: web
+progressDeadline: 60s
+baseline: fresh
+traffic: {traffic}
+strategy:
+  canary:
+    steps:
+      - size: 1
+        weight: 10
+        observe: 10s
+      - size: 2
+        weight: 50
+        observe: 10s
+analysis:
+  prometheus:
+    url: {{prom}}
+  interval: 5s
+  maxDuration: 5m
+"#
+    )
+}
+
+/// Samples `probe` every 100 ms in the background; the distinct values seen, in order.
+fn sampler<F, Fut>(probe: F) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<String>> + Send,
+{
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Some(v) = probe().await {
+                let mut s = out.lock().unwrap();
+                if s.last() != Some(&v) {
+                    s.push(v);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_weights_follow_the_steps() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    scene.service("web", json!({"app": "web"})).await;
+    let primary: Ingress = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ingressClassName": "nginx", "rules": [{"host": "web.example", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+        ]}}]}
+    }))
+    .unwrap();
+    let ingresses: Api<Ingress> = scene.ns.api();
+    ingresses.create(&PostParams::default(), &primary).await.unwrap();
+    let policies = scene.policies(&weighted_policy("{type: ingress-nginx, ingress: web}"));
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    let api = ingresses.clone();
+    let (seen, task) = sampler(move || {
+        let api = api.clone();
+        async move {
+            let canary = api.get_opt("web-canary").await.ok()?;
+            Some(match canary {
+                None => String::from("absent"),
+                Some(i) => i
+                    .annotations()
+                    .get(canaryd::router::NGINX_CANARY_WEIGHT)
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+        }
+    });
+    scene.set_image(V2, None).await;
+    wait_settled_on(&scene, &daemon, V2).await;
+    task.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.first().map(String::as_str), Some("absent"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("absent"), "removed after promotion: {seen:?}");
+    let weights: Vec<&str> = seen.iter().map(String::as_str).filter(|s| *s != "absent").collect();
+    assert_eq!(weights, vec!["0", "10", "50", "0"], "{seen:?}");
+    assert!(scene.ns.api::<Service>().get_opt("web-canary").await.unwrap().is_none());
+    scene.ns.cleanup().await;
+}
+
+async fn install_httproute_crd(client: &Client) {
+    let text = std::fs::read_to_string("tests/fixtures/k8s/httproute-crd.yaml").unwrap();
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create CRD: {e}"),
+    }
+    let routes: Api<DynamicObject> = Api::all_with(client.clone(), &httproute_resource());
+    wait_until(SHORT, "HTTPRoute CRD to serve", || async {
+        routes
+            .list(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_weights_follow_the_steps() {
+    let scene = Scene::new().await;
+    install_httproute_crd(&scene.client()).await;
+    scene.create_web(2).await;
+    scene.service("web", json!({"app": "web"})).await;
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(scene.client(), scene.name(), &httproute_resource());
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}
+    }))
+    .unwrap();
+    routes.create(&PostParams::default(), &route).await.unwrap();
+    let policies = scene.policies(&weighted_policy("{type: gateway-api, httpRoute: web}"));
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    let api = routes.clone();
+    let (seen, task) = sampler(move || {
+        let api = api.clone();
+        async move {
+            let r = api.get("web").await.ok()?;
+            let refs = r.data["spec"]["rules"][0]["backendRefs"].as_array()?.clone();
+            Some(
+                refs.iter()
+                    .map(|b| format!("{}={}", b["name"].as_str().unwrap_or("?"), b["weight"]))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        }
+    });
+    scene.set_image(V2, None).await;
+    wait_settled_on(&scene, &daemon, V2).await;
+    task.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            "web=null",
+            "web=100,web-canary=0",
+            "web=90,web-canary=10",
+            "web=50,web-canary=50",
+            "web=100,web-canary=0",
+            "web=100",
+        ],
+        "{seen:?}"
+    );
+    scene.ns.cleanup().await;
+}
+
+const BLUE_GREEN_POLICY: &str = r#"
+service: web
+namespace: {ns}
+deployment: web
+progressDeadline: 60s
+strategy:
+  blueGreen:
+    activeService: web
+    versionLabel: version
+    observe: 10s
+    keepOldFor: 5m
+analysis:
+  prometheus:
+    url: {prom}
+  interval: 5s
+  maxDuration: 5m
+alerts:
+  matchers: ['service="web"', 'severity="critical"']
+  guardWindow: 5m
+"#;
+
+fn selector_version(svc: &Service) -> String {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.get("version"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_and_switches_back_on_alert() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    scene.service("web", json!({"app": "web", "version": "v1"})).await;
+    let policies = scene.policies(BLUE_GREEN_POLICY);
+    let mut daemon = scene.daemon(&policies, "solo");
+    daemon.wait_ready().await;
+    scene.wait_adopted(&daemon).await;
+    scene.set_image(V2, Some("v2")).await;
+
+    let services: Api<Service> = scene.ns.api();
+    wait_until(ROLLOUT_TIMEOUT, "active Service switched to v2", || async {
+        let svc = services.get("web").await.map_err(|e| e.to_string())?;
+        let v = selector_version(&svc);
+        if v == "v2" {
+            Ok(())
+        } else {
+            let d = scene.web().await;
+            Err(format!("selector {v}, phase {:?}; log:\n{}", state_of(&d).phase, tail(&daemon.log_text(), 10)))
+        }
+    })
+    .await;
+    let canary = scene.deployments().get("web-canary").await.unwrap();
+    assert_eq!(canary.spec.as_ref().unwrap().replicas, Some(2), "full size beside the old");
+    assert_eq!(image(&scene.web().await), V2, "template kept during keepOldFor");
+    assert!(target::is_paused(&scene.web().await));
+
+    let alert = json!({"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "labels": {"alertname": "WebDown", "service": "web", "severity": "critical"},
+        "fingerprint": "f-webdown"
+    }]});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/alerts", daemon.url()))
+        .bearer_auth(TOKEN)
+        .json(&alert)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = Instant::now();
+    wait_until(SHORT, "switched back to v1", || async {
+        let svc = services.get("web").await.map_err(|e| e.to_string())?;
+        let v = selector_version(&svc);
+        if v == "v1" { Ok(()) } else { Err(v) }
+    })
+    .await;
+    let reaction = sent.elapsed();
+    let d = scene
+        .wait_phase(&daemon, "rolled back", |p| *p == Phase::RolledBack)
+        .await;
+    assert_eq!(image(&d), V1);
+    assert!(scene.deployments().get_opt("web-canary").await.unwrap().is_none());
+    let events = scene.events().await;
+    for want in ["SwitchedTraffic", "AlertRollback", "SwitchedBack", "RolledBack"] {
+        assert_eq!(count(&events, want), 1, "{want} in {:?}", reasons(&events));
+    }
+    assert!(note(&events, "AlertRollback").contains("WebDown"));
+    eprintln!("figure: alert webhook to Service switched back: {reaction:?}");
+    scene.ns.cleanup().await;
+}
+
+const SLOW_STEP_POLICY: &str = r#"
+service: web
+namespace: {ns}
+deployment: web
+progressDeadline: 60s
+baseline: fresh
+traffic: {type: replicas}
+strategy:
+  canary:
+    steps:
+      - size: 1
+        observe: 10s
+      - size: 2
+        observe: 30s
+analysis:
+  prometheus:
+    url: {prom}
+  interval: 5s
+  maxDuration: 5m
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_at_step_2_after_sigkill() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    let policies = scene.policies(SLOW_STEP_POLICY);
+    let mut first = scene.daemon(&policies, "canaryd-0");
+    scene.wait_adopted(&first).await;
+    scene.set_image(V2, None).await;
+    scene
+        .wait_phase(&first, "step 2", |p| *p == Phase::Progressing { step: 1 })
+        .await;
+    let canary = wait_until(SHORT, "canary scaled to 2", || async {
+        let c = scene.deployments().get("web-canary").await.map_err(|e| e.to_string())?;
+        if c.spec.as_ref().and_then(|s| s.replicas) == Some(2) { Ok(c) } else { Err("not yet".into()) }
+    })
+    .await;
+    let baseline = scene.deployments().get("web-baseline").await.unwrap();
+    let before = scene.events().await;
+    first.kill();
+
+    let second = scene.daemon(&policies, "canaryd-0");
+    // It decides again: a new verdict within step 2 proves it resumed there.
+    let verdicts = state_of(&scene.web().await).verdicts.len();
+    let d = wait_until(ROLLOUT_TIMEOUT, "a new verdict in step 2", || async {
+        let d = scene.web().await;
+        let s = state_of(&d);
+        if s.verdicts.len() > verdicts || !s.phase.is_analysing() {
+            Ok(d)
+        } else {
+            Err(format!("{:?}; log:\n{}", s.phase, tail(&second.log_text(), 10)))
+        }
+    })
+    .await;
+    let s = state_of(&d);
+    assert_eq!(s.phase, Phase::Progressing { step: 1 }, "resumed at step 2");
+    assert_eq!(s.last_verdict().map(|v| v.step), Some(1));
+    for (old, name) in [(&canary, "web-canary"), (&baseline, "web-baseline")] {
+        let now = scene.deployments().get(name).await.unwrap();
+        assert_eq!(now.metadata.uid, old.metadata.uid, "{name} not recreated");
+        assert_eq!(now.metadata.generation, old.metadata.generation, "{name} not rescaled");
+    }
+    wait_settled_on(&scene, &second, V2).await;
+    let after = scene.events().await;
+    for once in ["CanaryStarted", "AnalysisStarted", "StepAdvanced", "AnalysisPassed", "Promoted"] {
+        assert_eq!(count(&after, once), 1, "{once} once in {:?}", reasons(&after));
+    }
+    assert!(after.len() > before.len());
+    scene.ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    let policies = scene.policies(CANARY_POLICY);
+    let mut a = scene.daemon(&policies, "instance-a");
+    let mut b = scene.daemon(&policies, "instance-b");
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let leases: Api<Lease> = scene.ns.api();
+    let holder = || async {
+        leases
+            .get("canaryd")
+            .await
+            .ok()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default()
+    };
+    let leader = holder().await;
+    assert!(leader == "instance-a" || leader == "instance-b", "{leader:?}");
+    scene.wait_adopted(&a).await;
+    scene.set_image(V2, None).await;
+    scene
+        .wait_phase(&a, "analysis under the first leader", |p| p.is_analysing())
+        .await;
+    let events = scene.events().await;
+    assert!(!events.is_empty());
+    for e in &events {
+        assert_eq!(e.reporting_instance.as_deref(), Some(leader.as_str()), "{:?}", e.reason);
+    }
+
+    // The leader stops on SIGTERM and releases the Lease; the other takes over.
+    let (stopping, staying) = if leader == "instance-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    assert_eq!(stopping.terminate().code(), Some(0));
+    let released = Instant::now();
+    let next = staying.identity.clone();
+    wait_until(SHORT, "the other instance to take over", || async {
+        let h = holder().await;
+        if h == next { Ok(()) } else { Err(h) }
+    })
+    .await;
+    let takeover = released.elapsed();
+    wait_settled_on(&scene, staying, V2).await;
+    let events = scene.events().await;
+    assert!(events.iter().any(|e| e.reporting_instance.as_deref() == Some(next.as_str())));
+    eprintln!("figure: Lease released on SIGTERM to taken over: {takeover:?}");
+    scene.ns.cleanup().await;
+}
+
+// ---- RBAC ---------------------------------------------------------------------
+
+/// deploy/rbac.yaml with its namespace and cluster-wide names made unique to `ns`.
+fn rbac_documents(ns: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string("deploy/rbac.yaml").unwrap();
+    text.split("\n---\n")
+        .map(|doc| {
+            let mut v: Value = serde_saphyr::from_str(doc).unwrap();
+            if v["metadata"]["namespace"].is_string() {
+                v["metadata"]["namespace"] = json!(ns);
+            }
+            let kind = v["kind"].as_str().unwrap_or_default().to_string();
+            if kind == "ClusterRole" || kind == "ClusterRoleBinding" {
+                v["metadata"]["name"] = json!(format!("canaryd-{ns}"));
+            }
+            if kind == "ClusterRoleBinding" {
+                v["roleRef"]["name"] = json!(format!("canaryd-{ns}"));
+            }
+            for s in v["subjects"].as_array_mut().into_iter().flatten() {
+                s["namespace"] = json!(ns);
+            }
+            v
+        })
+        .collect()
+}
+
+async fn apply_rbac(client: &Client, ns: &str) {
+    let pp = PostParams::default();
+    for doc in rbac_documents(ns) {
+        match doc["kind"].as_str().unwrap_or_default() {
+            "ServiceAccount" => {
+                let sa: ServiceAccount = serde_json::from_value(doc).unwrap();
+                Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&pp, &sa).await.unwrap();
+            }
+            "ClusterRole" => {
+                let r: ClusterRole = serde_json::from_value(doc).unwrap();
+                Api::<ClusterRole>::all(client.clone()).create(&pp, &r).await.unwrap();
+            }
+            "ClusterRoleBinding" => {
+                let r: ClusterRoleBinding = serde_json::from_value(doc).unwrap();
+                Api::<ClusterRoleBinding>::all(client.clone()).create(&pp, &r).await.unwrap();
+            }
+            "Role" => {
+                let r: Role = serde_json::from_value(doc).unwrap();
+                Api::<Role>::namespaced(client.clone(), ns).create(&pp, &r).await.unwrap();
+            }
+            "RoleBinding" => {
+                let r: RoleBinding = serde_json::from_value(doc).unwrap();
+                Api::<RoleBinding>::namespaced(client.clone(), ns).create(&pp, &r).await.unwrap();
+            }
+            other => panic!("unexpected kind {other} in deploy/rbac.yaml"),
+        }
+    }
+}
+
+async fn delete_cluster_rbac(client: &Client, ns: &str) {
+    let name = format!("canaryd-{ns}");
+    let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(&name, &DeleteParams::default()).await;
+    let _ = Api::<ClusterRole>::all(client.clone()).delete(&name, &DeleteParams::default()).await;
+}
+
+/// A kubeconfig for ServiceAccount `canaryd` in `ns`: the admin one's cluster
+/// with a fresh bound token.
+async fn service_account_kubeconfig(client: &Client, ns: &str, dir: &Path) -> PathBuf {
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request("canaryd", &PostParams::default(), &request)
+        .await
+        .expect("token request")
+        .status
+        .expect("token")
+        .token;
+    let admin = std::fs::read_to_string(cluster::kubeconfig_path(cluster::KUBECONFIG_ENV)).unwrap();
+    let mut config: Value = serde_saphyr::from_str(&admin).unwrap();
+    config["users"] = json!([{"name": "canaryd-sa", "user": {"token": token}}]);
+    let cluster_name = config["clusters"][0]["name"].clone();
+    config["contexts"] = json!([{"name": "canaryd-sa", "context": {"cluster": cluster_name, "user": "canaryd-sa"}}]);
+    config["current-context"] = json!("canaryd-sa");
+    let path = dir.join("sa.kubeconfig");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+const ONE_STEP_POLICY: &str = r#"
+service: web
+namespace: {ns}
+deployment: web
+progressDeadline: 60s
+baseline: fresh
+strategy:
+  canary:
+    steps:
+      - size: 1
+        observe: 10s
+analysis:
+  prometheus:
+    url: {prom}
+  interval: 5s
+  maxDuration: 5m
+alerts:
+  matchers: ['service="web"']
+  guardWindow: 5s
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_with_the_least_privilege_of_deploy_rbac() {
+    let scene = Scene::new().await;
+    let admin = scene.client();
+    apply_rbac(&admin, scene.name()).await;
+    let kubeconfig = service_account_kubeconfig(&admin, scene.name(), scene.dir.path()).await;
+    let sa = cluster::client_for(&kubeconfig).await;
+
+    // That identity cannot read Secrets (the authorizer may lag a moment).
+    let secrets: Api<Secret> = Api::namespaced(sa.clone(), scene.name());
+    wait_until(SHORT, "RBAC in effect for the ServiceAccount", || async {
+        Api::<Deployment>::namespaced(sa.clone(), scene.name())
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("listing Secrets as canaryd: {:?}", other.map(|l| l.items.len())),
+    }
+    match secrets.get("anything").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("getting a Secret as canaryd: {:?}", other.map(|s| s.name_any())),
+    }
+
+    scene.create_web(2).await;
+    let policies = scene.policies(ONE_STEP_POLICY);
+    let daemon = Daemon::start(&DaemonOptions {
+        policies: &policies,
+        kubeconfig,
+        lease_namespace: scene.name(),
+        identity: "rbac",
+        token_file: None,
+        log_dir: scene.dir.path(),
+    });
+    scene.wait_adopted(&daemon).await;
+    scene.set_image(V2, None).await;
+    wait_settled_on(&scene, &daemon, V2).await;
+    let events = scene.events().await;
+    assert_eq!(count(&events, "Promoted"), 1, "{:?}", reasons(&events));
+    let log = daemon.log_text();
+    assert!(!log.contains("403"), "no Forbidden errors:\n{log}");
+    delete_cluster_rbac(&admin, scene.name()).await;
+    scene.ns.cleanup().await;
+}
