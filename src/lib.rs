@@ -5,6 +5,7 @@
 //! the edges.
 
 pub mod alerts;
+pub mod alerts_poll;
 pub mod cli;
 pub mod controller;
 pub mod demo;
@@ -13,6 +14,7 @@ pub mod lease;
 pub mod metrics;
 pub mod observation;
 pub mod policy;
+pub mod reload;
 pub mod rollout;
 pub mod router;
 pub mod server;

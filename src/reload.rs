@@ -1,0 +1,984 @@
+//! Policy hot reload: a [`PolicyStore`] holds the policies in force and
+//! re-reads the policy directory whenever it changes.
+//!
+//! In production the directory is a mounted ConfigMap: the kubelet writes a
+//! new timestamped directory and swaps the `..data` symlink atomically, so the
+//! store watches the directory itself (not single files) and rescans it on any
+//! event, with a periodic rescan as a backstop for missed events.
+//!
+//! The rules live in the pure [`merge`]: a valid file replaces its policy; an
+//! invalid file is rejected with its errors while the previous valid version of
+//! *that* file stays in force; a deleted file removes its policy; two files for
+//! one Deployment keep the one already in force. [`scan`] is the only part that
+//! reads files, and [`PolicyStore::run`] the only part that watches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::policy::{load_file, Policy, PolicyError, PolicyErrors};
+use crate::server::ServerState;
+
+/// Full rescan interval: the backstop when a filesystem event is missed (or
+/// the watch could not be set up, e.g. inotify limits are exhausted).
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// Wait after the first event before rescanning, so that one edit (editors
+/// write, rename and chmod; the kubelet swaps several links) is one reload.
+pub const SETTLE_DELAY: Duration = Duration::from_millis(200);
+
+/// `(namespace, deployment)` a policy manages.
+pub type Target = (String, String);
+
+/// The valid policies in force, keyed by the file each came from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicySet {
+    by_file: BTreeMap<PathBuf, Arc<Policy>>,
+}
+
+impl PolicySet {
+    /// A set of already validated policies, keyed by their `source`. A second
+    /// policy for the same file or Deployment is dropped (first one wins).
+    pub fn from_policies(policies: impl IntoIterator<Item = Policy>) -> Self {
+        let mut set = PolicySet::default();
+        let mut targets = BTreeSet::new();
+        for p in policies {
+            if !set.by_file.contains_key(&p.source) && targets.insert(target_of(&p)) {
+                set.by_file.insert(p.source.clone(), Arc::new(p));
+            }
+        }
+        set
+    }
+
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.by_file.len()
+    }
+
+    /// Whether no policy is in force.
+    pub fn is_empty(&self) -> bool {
+        self.by_file.is_empty()
+    }
+
+    /// The policies, in file name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.by_file.values()
+    }
+
+    /// The policy loaded from `file`.
+    pub fn in_file(&self, file: &Path) -> Option<&Arc<Policy>> {
+        self.by_file.get(file)
+    }
+
+    /// The policy managing `namespace/deployment`.
+    pub fn get(&self, namespace: &str, deployment: &str) -> Option<&Arc<Policy>> {
+        self.by_file
+            .values()
+            .find(|p| p.namespace == namespace && p.deployment == deployment)
+    }
+
+    /// The policies keyed by the Deployment they manage.
+    pub fn by_target(&self) -> BTreeMap<Target, Arc<Policy>> {
+        self.by_file
+            .values()
+            .map(|p| (target_of(p), p.clone()))
+            .collect()
+    }
+}
+
+fn target_of(p: &Policy) -> Target {
+    (p.namespace.clone(), p.deployment.clone())
+}
+
+/// What one read of the policy path found, file by file.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// Every policy file found, with its load result.
+    pub files: BTreeMap<PathBuf, Result<Policy, PolicyErrors>>,
+    /// Set when the path itself could not be read. Nothing is removed then:
+    /// an unreadable mount must not look like "every policy deleted".
+    pub unreadable: Option<PolicyError>,
+}
+
+/// What a reload did to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    /// A new valid file: its policy is now in force.
+    Added,
+    /// A valid new version replaced the previous one.
+    Updated,
+    /// The file is gone (or reverted to nothing); its policy is no longer in force.
+    Removed,
+    /// The file is invalid or conflicts; its previous valid version stays in force.
+    Held,
+    /// The file is invalid or conflicts and has no previous valid version.
+    Rejected,
+}
+
+/// The result of merging a [`Scan`] into the policies in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merged {
+    /// The policies in force from now on.
+    pub set: PolicySet,
+    /// Every problem found, sorted by file and position.
+    pub errors: Vec<PolicyError>,
+    /// Files whose standing changed, or that are held or rejected.
+    pub changes: BTreeMap<PathBuf, FileChange>,
+}
+
+/// Merges the load results of one scan into the current set (pure).
+///
+/// - a valid file's policy is in force (added or updated);
+/// - an invalid file keeps its previous valid version in force (`Held`), or
+///   has none (`Rejected`); its errors are reported either way;
+/// - a file absent from the scan is removed, unless the scan could not read
+///   the path at all, in which case nothing changes;
+/// - when two files manage one Deployment, the file already managing it wins,
+///   else the first by name; the other falls back to its own previous version
+///   when it has one.
+pub fn merge(current: &PolicySet, scan: Scan) -> Merged {
+    if let Some(error) = scan.unreadable {
+        return Merged {
+            set: current.clone(),
+            errors: vec![error],
+            changes: BTreeMap::new(),
+        };
+    }
+    let mut errors: Vec<PolicyError> = Vec::new();
+    let mut held: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut rejected: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut proposed: BTreeMap<PathBuf, Arc<Policy>> = BTreeMap::new();
+    for (file, result) in scan.files {
+        match result {
+            Ok(policy) => {
+                // Unchanged content keeps the same Arc, so subscribers can compare cheaply.
+                let policy = match current.by_file.get(&file) {
+                    Some(previous) if **previous == policy => previous.clone(),
+                    _ => Arc::new(policy),
+                };
+                proposed.insert(file, policy);
+            }
+            Err(file_errors) => {
+                errors.extend(file_errors);
+                match current.by_file.get(&file) {
+                    Some(previous) => {
+                        proposed.insert(file.clone(), previous.clone());
+                        held.insert(file);
+                    }
+                    None => {
+                        rejected.insert(file);
+                    }
+                }
+            }
+        }
+    }
+    resolve_conflicts(
+        current,
+        &mut proposed,
+        &mut held,
+        &mut rejected,
+        &mut errors,
+    );
+
+    let mut changes = BTreeMap::new();
+    for (file, policy) in &proposed {
+        let change = match current.by_file.get(file) {
+            _ if held.contains(file) => Some(FileChange::Held),
+            None => Some(FileChange::Added),
+            Some(previous) if previous != policy => Some(FileChange::Updated),
+            Some(_) => None,
+        };
+        if let Some(change) = change {
+            changes.insert(file.clone(), change);
+        }
+    }
+    for file in current.by_file.keys() {
+        if !proposed.contains_key(file) {
+            changes.insert(file.clone(), FileChange::Removed);
+        }
+    }
+    for file in rejected {
+        changes.entry(file).or_insert(FileChange::Rejected);
+    }
+    errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    Merged {
+        set: PolicySet { by_file: proposed },
+        errors,
+        changes,
+    }
+}
+
+/// Leaves at most one proposed policy per Deployment. Each round, every
+/// conflict's loser falls back to its previous version (at most once per
+/// file, so this ends) or is dropped.
+fn resolve_conflicts(
+    current: &PolicySet,
+    proposed: &mut BTreeMap<PathBuf, Arc<Policy>>,
+    held: &mut BTreeSet<PathBuf>,
+    rejected: &mut BTreeSet<PathBuf>,
+    errors: &mut Vec<PolicyError>,
+) {
+    let owner: BTreeMap<Target, &PathBuf> = current
+        .by_file
+        .iter()
+        .map(|(file, p)| (target_of(p), file))
+        .collect();
+    loop {
+        let mut claims: BTreeMap<Target, Vec<PathBuf>> = BTreeMap::new();
+        for (file, p) in proposed.iter() {
+            claims.entry(target_of(p)).or_default().push(file.clone());
+        }
+        let mut fell_back = false;
+        for (target, files) in claims.into_iter().filter(|(_, f)| f.len() > 1) {
+            let winner = owner
+                .get(&target)
+                .filter(|o| files.contains(o))
+                .map_or(files[0].clone(), |o| (*o).clone());
+            for loser in files.iter().filter(|f| **f != winner) {
+                errors.push(PolicyError {
+                    file: loser.clone(),
+                    line: 0,
+                    column: 0,
+                    path: "deployment".into(),
+                    message: format!(
+                        "Deployment {}/{} already has a policy in {}; expected one policy per Deployment",
+                        target.0,
+                        target.1,
+                        winner.display()
+                    ),
+                });
+                let previous = current.by_file.get(loser);
+                match (previous, proposed.get(loser)) {
+                    (Some(previous), Some(now)) if previous != now => {
+                        proposed.insert(loser.clone(), previous.clone());
+                        held.insert(loser.clone());
+                        fell_back = true;
+                    }
+                    _ => {
+                        proposed.remove(loser);
+                        held.remove(loser);
+                        rejected.insert(loser.clone());
+                    }
+                }
+            }
+        }
+        if !fell_back {
+            return;
+        }
+    }
+}
+
+/// Reads the policy path: every `*.yaml`/`*.yml` directly in a directory
+/// (following symlinks, as a ConfigMap mount needs), or one file.
+///
+/// A dangling symlink counts as absent: during a ConfigMap update the link of
+/// a removed key dangles until the kubelet deletes it.
+pub fn scan(path: &Path) -> Scan {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return unreadable(path, format!("cannot read policy path: {e}")),
+    };
+    let mut files = BTreeMap::new();
+    if !meta.is_dir() {
+        files.insert(path.to_path_buf(), load_file(path));
+        return Scan {
+            files,
+            unreadable: None,
+        };
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) => return unreadable(path, format!("cannot list directory: {e}")),
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => return unreadable(path, format!("cannot list directory: {e}")),
+        };
+        let file = entry.path();
+        let is_yaml = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml");
+        if !is_yaml {
+            continue;
+        }
+        match std::fs::metadata(&file) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                files.insert(file.clone(), load_file(&file));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                let error = whole_file(&file, format!("cannot read file: {e}"));
+                files.insert(file, Err(error.into()));
+            }
+        }
+    }
+    Scan {
+        files,
+        unreadable: None,
+    }
+}
+
+fn whole_file(file: &Path, message: String) -> PolicyError {
+    PolicyError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        path: String::new(),
+        message,
+    }
+}
+
+fn unreadable(path: &Path, message: String) -> Scan {
+    Scan {
+        files: BTreeMap::new(),
+        unreadable: Some(whole_file(
+            path,
+            format!("{message}; the policies in force are kept"),
+        )),
+    }
+}
+
+/// Timings of a [`PolicyStore`]; defaults are this module's constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadOptions {
+    /// Full rescan interval ([`RESCAN_INTERVAL`]).
+    pub rescan_interval: Duration,
+    /// Wait after an event before rescanning ([`SETTLE_DELAY`]).
+    pub settle_delay: Duration,
+    /// Watch filesystem events (true) or rely on the rescan alone (false).
+    pub watch_events: bool,
+}
+
+impl Default for ReloadOptions {
+    fn default() -> Self {
+        ReloadOptions {
+            rescan_interval: RESCAN_INTERVAL,
+            settle_delay: SETTLE_DELAY,
+            watch_events: true,
+        }
+    }
+}
+
+/// Holds the policies in force and publishes every change.
+///
+/// Subscribers get the whole set through [`PolicyStore::subscribe`] and the
+/// current problems (one `file:line:column: field: message` line each) through
+/// [`PolicyStore::subscribe_errors`]; with [`PolicyStore::attach`] the problems
+/// also go to `/v1/rollouts` as `policyErrors`.
+pub struct PolicyStore {
+    path: PathBuf,
+    options: ReloadOptions,
+    policies: watch::Sender<Arc<PolicySet>>,
+    errors: watch::Sender<Arc<Vec<String>>>,
+    server: Option<Arc<ServerState>>,
+    // Serialises reloads: read current → merge → publish is one step.
+    reloading: Mutex<()>,
+}
+
+impl std::fmt::Debug for PolicyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyStore")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .field("policies", &self.policies.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyStore {
+    /// Loads `path` (a directory or one file) with default timings. Never
+    /// fails: problems, including an unreadable path, are in
+    /// [`PolicyStore::errors`] and the valid policies are in force.
+    pub fn open(path: impl Into<PathBuf>) -> Self {
+        Self::with_options(path, ReloadOptions::default())
+    }
+
+    /// Like [`PolicyStore::open`] with explicit timings.
+    pub fn with_options(path: impl Into<PathBuf>, options: ReloadOptions) -> Self {
+        let path = path.into();
+        let merged = merge(&PolicySet::default(), scan(&path));
+        let errors: Vec<String> = merged.errors.iter().map(ToString::to_string).collect();
+        log_changes(&merged, true);
+        let (policies, _) = watch::channel(Arc::new(merged.set));
+        let (errors, _) = watch::channel(Arc::new(errors));
+        PolicyStore {
+            path,
+            options,
+            policies,
+            errors,
+            server: None,
+            reloading: Mutex::new(()),
+        }
+    }
+
+    /// Also publishes problems on the server's status board and marks
+    /// policies as loaded for `/readyz`.
+    pub fn attach(mut self, server: Arc<ServerState>) -> Self {
+        publish_to_server(&server, &self.errors.borrow());
+        self.server = Some(server);
+        self
+    }
+
+    /// The watched path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The policies in force now.
+    pub fn current(&self) -> Arc<PolicySet> {
+        self.policies.borrow().clone()
+    }
+
+    /// Problems of the last load, one display line each.
+    pub fn errors(&self) -> Arc<Vec<String>> {
+        self.errors.borrow().clone()
+    }
+
+    /// A receiver that sees every new policy set (only when it changed).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySet>> {
+        self.policies.subscribe()
+    }
+
+    /// A receiver that sees every change of the problem list.
+    pub fn subscribe_errors(&self) -> watch::Receiver<Arc<Vec<String>>> {
+        self.errors.subscribe()
+    }
+
+    /// Rescans the path now and publishes what changed. Blocking file I/O:
+    /// call it from a blocking context (the watch loop does).
+    pub fn reload(&self) -> Merged {
+        let _guard = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current();
+        let merged = merge(&current, scan(&self.path));
+        let errors: Vec<String> = merged.errors.iter().map(ToString::to_string).collect();
+        let errors_changed = **self.errors.borrow() != errors;
+        log_changes(&merged, errors_changed);
+        if merged.set != *current {
+            self.policies.send_replace(Arc::new(merged.set.clone()));
+        }
+        if errors_changed {
+            if let Some(server) = &self.server {
+                publish_to_server(server, &errors);
+            }
+            self.errors.send_replace(Arc::new(errors));
+        }
+        merged
+    }
+
+    /// Watches the path and reloads on every change until `shutdown`
+    /// completes. Never fails: a watch that cannot be set up is logged and
+    /// the periodic rescan carries on alone.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        // Capacity 1: one pending wake-up is enough, as a reload reads everything.
+        let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+        let mut armed: Option<(notify::RecommendedWatcher, Option<u64>)> = None;
+        let mut rescan = tokio::time::interval(self.options.rescan_interval);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescan.tick().await; // the first tick is immediate; the store is already loaded
+        if self.options.watch_events {
+            armed = self.arm(&wake_tx);
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                Some(()) = wake_rx.recv() => {
+                    tokio::time::sleep(self.options.settle_delay).await;
+                    while wake_rx.try_recv().is_ok() {}
+                    self.clone().reload_in_background("change").await;
+                }
+                _ = rescan.tick() => {
+                    // Re-arm when the directory was replaced (its watch died with it).
+                    if self.options.watch_events
+                        && armed.as_ref().is_none_or(|(_, id)| *id != dir_identity(self.watch_dir()))
+                    {
+                        armed = self.arm(&wake_tx);
+                    }
+                    self.clone().reload_in_background("rescan").await;
+                }
+            }
+        }
+    }
+
+    async fn reload_in_background(self: Arc<Self>, cause: &'static str) {
+        if let Err(e) = tokio::task::spawn_blocking(move || self.reload()).await {
+            tracing::error!(cause, error = %e, "Policy reload task failed.");
+        }
+    }
+
+    /// The directory to watch: the path itself, or a file's directory.
+    fn watch_dir(&self) -> &Path {
+        if self.path.is_dir() {
+            &self.path
+        } else {
+            match self.path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            }
+        }
+    }
+
+    fn arm(&self, wake: &mpsc::Sender<()>) -> Option<(notify::RecommendedWatcher, Option<u64>)> {
+        let dir = self.watch_dir().to_path_buf();
+        let wake = wake.clone();
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Err(e) = &event {
+                // Overflowed queues end up here too: rescan, which reads everything.
+                tracing::debug!(error = %e, "Policy directory watch error; rescanning.");
+            }
+            // Full means a wake-up is already pending.
+            let _ = wake.try_send(());
+        };
+        let id = dir_identity(&dir);
+        let result = notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(&dir, RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        match result {
+            Ok(w) => {
+                tracing::debug!(dir = %dir.display(), "Watching the policy directory.");
+                Some((w, id))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    rescan_secs = self.options.rescan_interval.as_secs(),
+                    "Cannot watch the policy directory; relying on the periodic rescan."
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Identity of a directory (inode), to notice it being replaced.
+#[cfg(unix)]
+fn dir_identity(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+#[cfg(not(unix))]
+fn dir_identity(_dir: &Path) -> Option<u64> {
+    Some(0)
+}
+
+fn publish_to_server(server: &ServerState, errors: &[String]) {
+    match server.status.write() {
+        Ok(mut board) => board.policy_errors = errors.to_vec(),
+        Err(poisoned) => poisoned.into_inner().policy_errors = errors.to_vec(),
+    }
+    server
+        .readiness
+        .policies_loaded
+        .store(true, Ordering::Relaxed);
+}
+
+/// Logs what a reload changed. Held and rejected files are logged only with
+/// new errors, so a file that stays broken is not reported every rescan.
+fn log_changes(merged: &Merged, errors_changed: bool) {
+    for (file, change) in &merged.changes {
+        let file_errors = || {
+            merged
+                .errors
+                .iter()
+                .filter(|e| e.file == *file)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let service = merged
+            .set
+            .in_file(file)
+            .map(|p| p.service.as_str())
+            .unwrap_or("");
+        match change {
+            FileChange::Added => {
+                tracing::info!(file = %file.display(), service, "Policy added.")
+            }
+            FileChange::Updated => {
+                tracing::info!(file = %file.display(), service, "Policy updated.")
+            }
+            FileChange::Removed => {
+                tracing::info!(file = %file.display(), "Policy removed: its file is gone.")
+            }
+            FileChange::Held if errors_changed => tracing::warn!(
+                file = %file.display(),
+                service,
+                errors = %file_errors(),
+                "Policy file rejected; its previous valid version stays in force."
+            ),
+            FileChange::Rejected if errors_changed => tracing::warn!(
+                file = %file.display(),
+                errors = %file_errors(),
+                "Policy file rejected; it has no valid version in force."
+            ),
+            FileChange::Held | FileChange::Rejected => {}
+        }
+    }
+    if errors_changed {
+        if let Some(e) = merged
+            .errors
+            .iter()
+            .find(|e| !merged.changes.contains_key(&e.file))
+        {
+            // An unreadable path: no file changed, but the problem must be seen.
+            tracing::warn!(error = %e, "Policy path unreadable; the policies in force are kept.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_str;
+
+    fn yaml(service: &str, deployment: &str, observe: &str) -> String {
+        format!(
+            "service: {service}
+namespace: default
+deployment: {deployment}
+strategy:
+  canary:
+    steps:
+      - size: 1
+        observe: {observe}
+analysis:
+  prometheus:
+    url: http://prometheus:9090
+alerts:
+  matchers: ['service=\"{service}\"']
+"
+        )
+    }
+
+    fn load(file: &str, text: &str) -> (PathBuf, Result<Policy, PolicyErrors>) {
+        let path = PathBuf::from(file);
+        let result = parse_str(text, &path);
+        (path, result)
+    }
+
+    fn valid(
+        file: &str,
+        service: &str,
+        deployment: &str,
+        observe: &str,
+    ) -> (PathBuf, Result<Policy, PolicyErrors>) {
+        let loaded = load(file, &yaml(service, deployment, observe));
+        assert!(loaded.1.is_ok(), "{:?}", loaded.1);
+        loaded
+    }
+
+    fn invalid(file: &str) -> (PathBuf, Result<Policy, PolicyErrors>) {
+        let loaded = load(file, "service: broken\nbogus: 1\n");
+        assert!(loaded.1.is_err());
+        loaded
+    }
+
+    fn scan_of(files: Vec<(PathBuf, Result<Policy, PolicyErrors>)>) -> Scan {
+        Scan {
+            files: files.into_iter().collect(),
+            unreadable: None,
+        }
+    }
+
+    fn observe_of(set: &PolicySet, file: &str) -> Option<Duration> {
+        set.in_file(Path::new(file)).map(|p| match &p.strategy {
+            crate::policy::Strategy::Canary(c) => c.steps[0].observe,
+            crate::policy::Strategy::BlueGreen(b) => b.observe,
+        })
+    }
+
+    fn changes(pairs: &[(&str, FileChange)]) -> BTreeMap<PathBuf, FileChange> {
+        pairs.iter().map(|(f, c)| (PathBuf::from(f), *c)).collect()
+    }
+
+    #[test]
+    fn valid_files_are_added_updated_and_removed() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![
+                valid("a.yaml", "a", "a", "1m"),
+                valid("b.yaml", "b", "b", "1m"),
+            ]),
+        );
+        assert!(first.errors.is_empty());
+        assert_eq!(first.set.len(), 2);
+        assert_eq!(
+            first.changes,
+            changes(&[("a.yaml", FileChange::Added), ("b.yaml", FileChange::Added)])
+        );
+
+        let second = merge(&first.set, scan_of(vec![valid("a.yaml", "a", "a", "5m")]));
+        assert_eq!(
+            second.changes,
+            changes(&[
+                ("a.yaml", FileChange::Updated),
+                ("b.yaml", FileChange::Removed)
+            ])
+        );
+        assert_eq!(
+            observe_of(&second.set, "a.yaml"),
+            Some(Duration::from_secs(300))
+        );
+        assert!(second.set.get("default", "b").is_none());
+    }
+
+    #[test]
+    fn an_unchanged_scan_changes_nothing_and_keeps_the_same_policies() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![valid("a.yaml", "a", "a", "1m")]),
+        );
+        let again = merge(&first.set, scan_of(vec![valid("a.yaml", "a", "a", "1m")]));
+        assert!(again.changes.is_empty());
+        assert_eq!(again.set, first.set);
+        let (before, after) = (
+            first.set.in_file(Path::new("a.yaml")).unwrap(),
+            again.set.in_file(Path::new("a.yaml")).unwrap(),
+        );
+        assert!(Arc::ptr_eq(before, after));
+    }
+
+    #[test]
+    fn an_invalid_file_keeps_its_previous_version_while_others_change() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![
+                valid("a.yaml", "a", "a", "1m"),
+                valid("b.yaml", "b", "b", "1m"),
+            ]),
+        );
+        let second = merge(
+            &first.set,
+            scan_of(vec![invalid("a.yaml"), valid("b.yaml", "b", "b", "7m")]),
+        );
+        assert_eq!(
+            second.changes,
+            changes(&[
+                ("a.yaml", FileChange::Held),
+                ("b.yaml", FileChange::Updated)
+            ])
+        );
+        assert_eq!(
+            observe_of(&second.set, "a.yaml"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            observe_of(&second.set, "b.yaml"),
+            Some(Duration::from_secs(420))
+        );
+        assert!(!second.errors.is_empty());
+        assert!(second.errors.iter().all(|e| e.file == Path::new("a.yaml")));
+        let shown = second.errors[0].to_string();
+        assert!(shown.starts_with("a.yaml:"), "{shown}");
+
+        // Fixed later: the new version applies and the errors are gone.
+        let third = merge(
+            &second.set,
+            scan_of(vec![
+                valid("a.yaml", "a", "a", "3m"),
+                valid("b.yaml", "b", "b", "7m"),
+            ]),
+        );
+        assert!(third.errors.is_empty());
+        assert_eq!(third.changes, changes(&[("a.yaml", FileChange::Updated)]));
+        assert_eq!(
+            observe_of(&third.set, "a.yaml"),
+            Some(Duration::from_secs(180))
+        );
+    }
+
+    #[test]
+    fn a_new_invalid_file_is_rejected_and_a_deleted_invalid_file_is_removed() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![valid("a.yaml", "a", "a", "1m"), invalid("new.yaml")]),
+        );
+        assert_eq!(
+            first.changes,
+            changes(&[
+                ("a.yaml", FileChange::Added),
+                ("new.yaml", FileChange::Rejected)
+            ])
+        );
+        assert_eq!(first.set.len(), 1);
+
+        let broken = merge(&first.set, scan_of(vec![invalid("a.yaml")]));
+        assert_eq!(broken.set.len(), 1);
+        let deleted = merge(&broken.set, scan_of(vec![]));
+        assert!(deleted.set.is_empty());
+        assert_eq!(deleted.changes, changes(&[("a.yaml", FileChange::Removed)]));
+        assert!(deleted.errors.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_path_keeps_everything() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![valid("a.yaml", "a", "a", "1m")]),
+        );
+        let gone = merge(
+            &first.set,
+            Scan {
+                files: BTreeMap::new(),
+                unreadable: Some(whole_file(Path::new("policies"), "cannot read".into())),
+            },
+        );
+        assert_eq!(gone.set, first.set);
+        assert!(gone.changes.is_empty());
+        assert_eq!(gone.errors.len(), 1);
+    }
+
+    #[test]
+    fn the_file_already_managing_a_deployment_wins_a_conflict() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![valid("z.yaml", "z", "shared", "1m")]),
+        );
+        // a.yaml sorts first but z.yaml already manages default/shared.
+        let second = merge(
+            &first.set,
+            scan_of(vec![
+                valid("a.yaml", "a", "shared", "2m"),
+                valid("z.yaml", "z", "shared", "1m"),
+            ]),
+        );
+        assert_eq!(second.set.len(), 1);
+        assert_eq!(
+            second
+                .set
+                .get("default", "shared")
+                .map(|p| p.service.as_str()),
+            Some("z")
+        );
+        assert_eq!(second.changes, changes(&[("a.yaml", FileChange::Rejected)]));
+        assert_eq!(
+            second.errors[0].to_string(),
+            "a.yaml: deployment: Deployment default/shared already has a policy in z.yaml; \
+             expected one policy per Deployment"
+        );
+    }
+
+    #[test]
+    fn without_an_owner_the_first_file_by_name_wins() {
+        let merged = merge(
+            &PolicySet::default(),
+            scan_of(vec![
+                valid("b.yaml", "b", "shared", "1m"),
+                valid("a.yaml", "a", "shared", "1m"),
+            ]),
+        );
+        assert_eq!(merged.set.len(), 1);
+        assert!(merged.set.in_file(Path::new("a.yaml")).is_some());
+        assert_eq!(merged.changes[Path::new("b.yaml")], FileChange::Rejected);
+    }
+
+    #[test]
+    fn a_file_moved_onto_a_taken_deployment_falls_back_to_its_previous_version() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![
+                valid("a.yaml", "a", "da", "1m"),
+                valid("b.yaml", "b", "db", "1m"),
+            ]),
+        );
+        // b.yaml now claims a's Deployment: rejected, its previous version stays.
+        let second = merge(
+            &first.set,
+            scan_of(vec![
+                valid("a.yaml", "a", "da", "1m"),
+                valid("b.yaml", "b", "da", "2m"),
+            ]),
+        );
+        assert_eq!(second.changes, changes(&[("b.yaml", FileChange::Held)]));
+        assert_eq!(
+            second.set.get("default", "db").map(|p| p.service.as_str()),
+            Some("b")
+        );
+        assert_eq!(
+            second.set.get("default", "da").map(|p| p.service.as_str()),
+            Some("a")
+        );
+        assert_eq!(second.errors.len(), 1);
+    }
+
+    #[test]
+    fn a_fallback_that_conflicts_again_is_resolved_for_its_owner() {
+        let first = merge(
+            &PolicySet::default(),
+            scan_of(vec![
+                valid("a.yaml", "a", "da", "1m"),
+                valid("b.yaml", "b", "db", "1m"),
+            ]),
+        );
+        // b moves to a's Deployment and a new c.yaml takes b's old one: b falls
+        // back to db, which it still owns, so c loses.
+        let second = merge(
+            &first.set,
+            scan_of(vec![
+                valid("a.yaml", "a", "da", "1m"),
+                valid("b.yaml", "b", "da", "1m"),
+                valid("c.yaml", "c", "db", "1m"),
+            ]),
+        );
+        assert_eq!(second.set.len(), 2);
+        assert_eq!(
+            second.set.get("default", "db").map(|p| p.service.as_str()),
+            Some("b")
+        );
+        assert_eq!(
+            second.changes,
+            changes(&[
+                ("b.yaml", FileChange::Held),
+                ("c.yaml", FileChange::Rejected)
+            ])
+        );
+        assert_eq!(second.errors.len(), 2);
+        assert_eq!(second.set.by_target().len(), second.set.len());
+    }
+
+    #[test]
+    fn from_policies_keeps_one_policy_per_deployment() {
+        let a = valid("a.yaml", "a", "shared", "1m").1.unwrap();
+        let b = valid("b.yaml", "b", "shared", "1m").1.unwrap();
+        let set = PolicySet::from_policies([a, b]);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.iter().next().map(|p| p.service.as_str()), Some("a"));
+    }
+
+    #[test]
+    fn scan_reads_yaml_files_and_skips_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), yaml("a", "a", "1m")).unwrap();
+        std::fs::write(dir.path().join("b.yml"), "not: [valid").unwrap();
+        std::fs::write(dir.path().join("README.md"), "# notes").unwrap();
+        std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("missing"), dir.path().join("gone.yaml"))
+            .unwrap();
+        let found = scan(dir.path());
+        assert!(found.unreadable.is_none());
+        let names: Vec<String> = found
+            .files
+            .keys()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["a.yaml", "b.yml"]);
+        assert!(found.files[&dir.path().join("a.yaml")].is_ok());
+        assert!(found.files[&dir.path().join("b.yml")].is_err());
+
+        let missing = scan(&dir.path().join("nope"));
+        assert!(missing.files.is_empty());
+        assert!(missing.unreadable.is_some());
+    }
+}
