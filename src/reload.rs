@@ -461,14 +461,15 @@ impl PolicyStore {
         let errors: Vec<String> = merged.errors.iter().map(ToString::to_string).collect();
         let errors_changed = **self.errors.borrow() != errors;
         log_changes(&merged, errors_changed);
-        if merged.set != *current {
-            self.policies.send_replace(Arc::new(merged.set.clone()));
-        }
+        // Errors first: whoever sees the new set also sees why a file was held.
         if errors_changed {
             if let Some(server) = &self.server {
                 publish_to_server(server, &errors);
             }
             self.errors.send_replace(Arc::new(errors));
+        }
+        if merged.set != *current {
+            self.policies.send_replace(Arc::new(merged.set.clone()));
         }
         merged
     }
@@ -486,6 +487,8 @@ impl PolicyStore {
         if self.options.watch_events {
             armed = self.arm(&wake_tx);
         }
+        // Whatever changed between loading and arming the watch.
+        self.clone().reload_in_background("start").await;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
