@@ -320,19 +320,18 @@ pub fn assemble(
         .as_ref()
         .map(template_hash)
         .unwrap_or_default();
-    let current =
-        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     // Pods beyond spec.replicas are a rollout still in progress: they do not
-    // count as the stable release being fully back or fully rolled.
+    // count as the stable release being fully back or fully rolled. (Not
+    // gated on observedGeneration: canaryd's own annotation writes bump the
+    // generation, and ReplicaSet status does not depend on it.)
     let surplus = status
         .replicas
         .unwrap_or(0)
         .saturating_sub(replicas as i32)
         .max(0);
-    let stable_ready = match stable_rs {
-        Some(rs) if current => available(rs).saturating_sub(surplus).max(0) as u32,
-        _ => 0,
-    };
+    let stable_ready = stable_rs
+        .map(|rs| available(rs).saturating_sub(surplus).max(0) as u32)
+        .unwrap_or(0);
     let stable = PodCounts {
         ready: stable_ready,
         desired: stable_rs

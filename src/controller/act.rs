@@ -79,7 +79,19 @@ pub async fn commit(
     if next.phase.is_resting() {
         changed |= target::set_annotation(&mut d, target::ABORT_ANNOTATION, None);
     }
-    changed |= target::set_annotation(&mut d, target::STATE_ANNOTATION, Some(next.to_json()));
+    // Writing an annotation bumps a Deployment's generation (the controller
+    // copies annotations to ReplicaSets), which the engine records: a change
+    // of `observed_generation` alone is not worth a write, or each write
+    // would cause the next.
+    let stored = target::annotation(&d, target::STATE_ANNOTATION)
+        .and_then(|t| RolloutState::from_json(t).ok());
+    let unchanged = stored.is_some_and(|mut s| {
+        s.observed_generation = next.observed_generation;
+        s == *next
+    });
+    if !unchanged {
+        changed |= target::set_annotation(&mut d, target::STATE_ANNOTATION, Some(next.to_json()));
+    }
     let pending: Vec<Action> = actions.iter().filter(|a| is_external(a)).cloned().collect();
     if !pending.is_empty() {
         let text = serde_json::to_string(&pending).unwrap_or_else(|_| String::from("[]"));

@@ -14,11 +14,16 @@
 //! steady load, and lists it in a Prometheus file_sd file; pods that go away
 //! stop being served and listed. [`start_prometheus`] starts a real Prometheus
 //! (the `prom.rs` harness) that scrapes whatever that file lists.
+//!
+//! Load is either equal per pod (traffic follows pod counts, as behind one
+//! Service) or weighted like a router: `weight`% of the total to the canary
+//! pods, the rest spread over the others.
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,10 +92,40 @@ impl Drop for Played {
     }
 }
 
+/// How load is spread over the played pods.
+struct Traffic {
+    /// Requests per second per pod (equal mode) or in total (weighted mode).
+    rps: f64,
+    /// Percent of the total sent to canary pods; `None`: equal per pod.
+    weight: Option<Arc<AtomicU32>>,
+    canary_pods: AtomicUsize,
+    other_pods: AtomicUsize,
+}
+
+impl Traffic {
+    /// Current requests per second for one pod of `role`.
+    fn rate(&self, role: &str) -> f64 {
+        let Some(weight) = &self.weight else {
+            return self.rps;
+        };
+        let w = f64::from(weight.load(Ordering::Relaxed).min(100)) / 100.0;
+        let (share, pods) = if role == "canary" {
+            (w, self.canary_pods.load(Ordering::Relaxed))
+        } else {
+            (1.0 - w, self.other_pods.load(Ordering::Relaxed))
+        };
+        if pods == 0 {
+            0.0
+        } else {
+            self.rps * share / pods as f64
+        }
+    }
+}
+
 struct Inner {
     namespace: String,
     sd_file: PathBuf,
-    rps: f64,
+    traffic: Arc<Traffic>,
     played: BTreeMap<String, Played>,
 }
 
@@ -127,10 +162,15 @@ pub fn start_prometheus(sd_file: &Path) -> Prom {
     prom
 }
 
-fn write_atomically(path: &Path, text: &str) {
+/// Replaces `path` in one step, so Prometheus never reads half a file.
+fn try_write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    try_write_atomically(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 impl PodPlayer {
@@ -143,10 +183,47 @@ impl PodPlayer {
         rps: f64,
         behaviour: Arc<BehaviourFn>,
     ) -> PodPlayer {
+        Self::start_with(client, namespace, sd_file, rps, None, behaviour)
+    }
+
+    /// Like [`PodPlayer::start`], but `total_rps` is spread like a weighted
+    /// router: `weight`% to the canary pods, the rest over the others.
+    pub fn start_weighted(
+        client: Client,
+        namespace: &str,
+        sd_file: &Path,
+        total_rps: f64,
+        weight: Arc<AtomicU32>,
+        behaviour: Arc<BehaviourFn>,
+    ) -> PodPlayer {
+        Self::start_with(
+            client,
+            namespace,
+            sd_file,
+            total_rps,
+            Some(weight),
+            behaviour,
+        )
+    }
+
+    fn start_with(
+        client: Client,
+        namespace: &str,
+        sd_file: &Path,
+        rps: f64,
+        weight: Option<Arc<AtomicU32>>,
+        behaviour: Arc<BehaviourFn>,
+    ) -> PodPlayer {
+        let traffic = Arc::new(Traffic {
+            rps,
+            weight,
+            canary_pods: AtomicUsize::new(0),
+            other_pods: AtomicUsize::new(0),
+        });
         let inner = Arc::new(Mutex::new(Inner {
             namespace: namespace.to_string(),
             sd_file: sd_file.to_path_buf(),
-            rps,
+            traffic,
             played: BTreeMap::new(),
         }));
         let api: Api<Pod> = Api::namespaced(client, namespace);
@@ -190,7 +267,7 @@ async fn sync(state: &Arc<Mutex<Inner>>, pods: &[Arc<Pod>], behaviour: &Behaviou
         .filter(|p| is_ready(p))
         .filter_map(|p| behaviour(p).map(|b| (p.name_any(), b)))
         .collect();
-    let (to_start, namespace, rps) = {
+    let (to_start, namespace, traffic) = {
         let Ok(mut inner) = state.lock() else { return };
         inner
             .played
@@ -200,10 +277,15 @@ async fn sync(state: &Arc<Mutex<Inner>>, pods: &[Arc<Pod>], behaviour: &Behaviou
             .filter(|(name, _)| !inner.played.contains_key(*name))
             .map(|(n, b)| (n.clone(), b.clone()))
             .collect();
-        (missing, inner.namespace.clone(), inner.rps)
+        (missing, inner.namespace.clone(), inner.traffic.clone())
     };
+    let canaries = wanted.keys().filter(|n| role_of(n) == "canary").count();
+    traffic.canary_pods.store(canaries, Ordering::Relaxed);
+    traffic
+        .other_pods
+        .store(wanted.len() - canaries, Ordering::Relaxed);
     for (name, b) in to_start {
-        let played = play(&name, &b, rps).await;
+        let played = play(&name, &b, traffic.clone()).await;
         if let Ok(mut inner) = state.lock() {
             inner.played.insert(name, played);
         }
@@ -219,10 +301,14 @@ async fn sync(state: &Arc<Mutex<Inner>>, pods: &[Arc<Pod>], behaviour: &Behaviou
             })
         })
         .collect();
-    write_atomically(&inner.sd_file, &serde_json::Value::Array(groups).to_string());
+    // The test may be tearing down (its directory gone); nothing to list then.
+    let _ = try_write_atomically(
+        &inner.sd_file,
+        &serde_json::Value::Array(groups).to_string(),
+    );
 }
 
-async fn play(pod: &str, b: &Behaviour, rps: f64) -> Played {
+async fn play(pod: &str, b: &Behaviour, traffic: Arc<Traffic>) -> Played {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -243,12 +329,17 @@ async fn play(pod: &str, b: &Behaviour, rps: f64) -> Played {
         let _ = stopped.await;
     }));
     let url = format!("http://{addr}/");
-    let period = Duration::from_secs_f64(1.0 / rps.max(0.1));
+    let role = role_of(pod);
     let load = tokio::spawn(async move {
         let client = reqwest::Client::new();
-        let mut tick = tokio::time::interval(period);
         loop {
-            tick.tick().await;
+            // The rate is read per request: weights and pod counts change.
+            let rate = traffic.rate(role);
+            if rate <= 0.0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_secs_f64(1.0 / rate)).await;
             let _ = client.get(&url).send().await;
         }
     });
