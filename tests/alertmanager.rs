@@ -1,0 +1,367 @@
+//! Alerts end to end with real processes: a demo-app with a high error rate,
+//! a real Prometheus whose alerting rule fires, a real Alertmanager posting
+//! to canaryd's webhook (served in-process with a bearer token), and the
+//! `ALERTS` polling fallback against the same Prometheus. Also bad input
+//! through the real HTTP server and through Alertmanager.
+
+#[path = "support/prom.rs"]
+mod prom;
+
+#[path = "support/alertmanager.rs"]
+mod alertmanager;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alertmanager::{AlertingProm, Alertmanager, Credentials, Rule};
+use canaryd::alerts_poll::{AlertPoller, POLL_SOURCE};
+use canaryd::demo::{self, AppConfig, LoadConfig};
+use canaryd::policy::{self, Policy, PrometheusConfig};
+use canaryd::server::{self, ServerState};
+use canaryd::telemetry::Metrics;
+use prom::Target;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const TOKEN: &str = "am-webhook-token-7f3a9c";
+/// Longest the alert may take to fire and reach canaryd.
+const FIRE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the alert may take to resolve and the resolution to reach canaryd.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Pause between checks of the index.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Demo-app error rate while the release is bad: far above the 2% rule.
+const BAD_ERROR_RATE: f64 = 0.5;
+/// Load on the demo-app, requests per second.
+const LOAD_RPS: f64 = 40.0;
+/// Upper bound on the load run; the test stops it earlier.
+const LOAD_FOR: Duration = Duration::from_secs(300);
+/// How long Alertmanager gets to (fail to) deliver in the wrong-token test.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A canaryd HTTP server on a loopback port; stops when dropped.
+struct Canaryd {
+    url: String,
+    state: Arc<ServerState>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn canaryd(token: Option<&str>) -> Canaryd {
+    let state = Arc::new(ServerState::new(
+        Metrics::new().unwrap(),
+        token.map(|t| t.as_bytes().to_vec()),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    Canaryd {
+        url,
+        state,
+        _stop: tx,
+    }
+}
+
+fn policy_for(service: &str, prometheus_url: &str) -> Policy {
+    let yaml = format!(
+        "service: {service}
+namespace: test
+deployment: {service}
+strategy:
+  canary:
+    steps:
+      - size: 1
+        observe: 1m
+analysis:
+  prometheus:
+    url: {prometheus_url}
+alerts:
+  matchers: ['service=\"{service}\"', 'severity=~\"critical|page\"']
+  guardWindow: 10m
+"
+    );
+    policy::parse_str(&yaml, Path::new(&format!("{service}.yaml")))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn matching(state: &ServerState, policy: &Policy) -> Vec<String> {
+    state.alerts.lock().unwrap().matching(&policy.alerts)
+}
+
+fn received(state: &ServerState, source: &str) -> u64 {
+    state
+        .metrics
+        .alerts_received
+        .with_label_values(&[source])
+        .get()
+}
+
+/// A demo-app serving on `addr` until the sender is dropped or fired.
+struct DemoApp {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+async fn demo_app(listener: tokio::net::TcpListener, error_rate: f64) -> DemoApp {
+    let config = AppConfig {
+        version: "v2".into(),
+        role: "canary".into(),
+        pod: "myapp-canary-7c9d2f1e4b-bcdfg".into(),
+        error_rate,
+        latency_median: Duration::from_millis(5),
+        latency_sigma: demo::DEFAULT_LATENCY_SIGMA,
+        sleep: false,
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        demo::serve_app(listener, config, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("demo app: {e}"));
+    });
+    DemoApp {
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl DemoApp {
+    /// Shuts down gracefully and waits until the port is released.
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes; the message names what
+/// was awaited and shows `context()` (process logs).
+async fn eventually(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what}: not within {timeout:?}\n{}", context());
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alert_fires_through_alertmanager_and_resolves_and_polling_sees_it_too() {
+    // canaryd's webhook, with the token Alertmanager reads from a file.
+    let hooked = canaryd(Some(TOKEN)).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("canaryd-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let am = Alertmanager::start(
+        &format!("{}/v1/alerts", hooked.url),
+        &Credentials::File(token_file),
+    );
+
+    // The bad release: a demo-app answering half its requests with 500.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr: SocketAddr = listener.local_addr().unwrap();
+    let app = demo_app(listener, BAD_ERROR_RATE).await;
+    let rule = Rule {
+        name: "HighErrorRate".into(),
+        expr: r#"sum(rate(http_requests_total{code=~"5.."}[10s])) / sum(rate(http_requests_total[10s])) > 0.02"#.into(),
+        for_: "0s".into(),
+        labels: vec![
+            ("service".into(), "myapp".into()),
+            ("severity".into(), "critical".into()),
+        ],
+    };
+    let prom = AlertingProm::start(
+        &[Target {
+            addr: app_addr,
+            namespace: "test".into(),
+            pod: "myapp-canary-7c9d2f1e4b-bcdfg".into(),
+        }],
+        &[rule],
+        &am.addr(),
+    );
+    let load = tokio::spawn(async move {
+        demo::run_load(&LoadConfig {
+            rps: LOAD_RPS,
+            duration: LOAD_FOR,
+            targets: vec![format!("http://{app_addr}/")],
+        })
+        .await
+    });
+
+    let myapp = policy_for("myapp", &prom.url());
+    let other = policy_for("checkout", &prom.url());
+    let logs = || {
+        format!(
+            "alertmanager:\n{}\nprometheus:\n{}",
+            am.log_text(),
+            prom.log_text()
+        )
+    };
+
+    // Prometheus → Alertmanager → webhook: the index names the alert for myapp only.
+    eventually(
+        "HighErrorRate reaches canaryd through Alertmanager",
+        FIRE_TIMEOUT,
+        || matching(&hooked.state, &myapp) == ["HighErrorRate"],
+        logs,
+    )
+    .await;
+    assert!(matching(&hooked.state, &other).is_empty());
+    assert!(received(&hooked.state, "webhook") >= 1);
+    assert_eq!(received(&hooked.state, POLL_SOURCE), 0);
+
+    // The polling fallback, with no webhook at all, finds the same alert.
+    let polled = canaryd(None).await;
+    let mut poller = AlertPoller::new(&[PrometheusConfig {
+        url: prom.url(),
+        auth: None,
+        ca_file: None,
+    }]);
+    let outcome = poller.poll_once(&polled.state).await;
+    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+    assert_eq!(outcome.changes.started.len(), 1, "{outcome:?}");
+    assert_eq!(matching(&polled.state, &myapp), ["HighErrorRate"]);
+    assert!(matching(&polled.state, &other).is_empty());
+    assert_eq!(received(&polled.state, POLL_SOURCE), 1);
+    // A repeated poll is a duplicate, not a new alert.
+    let again = poller.poll_once(&polled.state).await;
+    assert!(again.changes.started.is_empty() && again.changes.resolved.is_empty());
+    assert_eq!(again.changes.duplicates, 1);
+
+    // The errors stop: the good release takes the same port.
+    app.stop().await;
+    let listener = tokio::net::TcpListener::bind(app_addr).await.unwrap();
+    let app = demo_app(listener, 0.0).await;
+
+    // Alertmanager's resolved notification clears the webhook's entry.
+    eventually(
+        "the resolved notification clears HighErrorRate",
+        RESOLVE_TIMEOUT,
+        || hooked.state.alerts.lock().unwrap().is_empty(),
+        logs,
+    )
+    .await;
+    assert!(matching(&hooked.state, &myapp).is_empty());
+
+    // And the poll, which saw it before, resolves it too.
+    let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
+    loop {
+        let outcome = poller.poll_once(&polled.state).await;
+        assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+        if polled.state.alerts.lock().unwrap().is_empty() {
+            assert_eq!(outcome.changes.resolved.len(), 1, "{outcome:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poll still sees HighErrorRate after {RESOLVE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+
+    load.abort();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_with_the_wrong_token_gets_401_and_changes_nothing() {
+    let hooked = canaryd(Some(TOKEN)).await;
+    let am = Alertmanager::start(
+        &format!("{}/v1/alerts", hooked.url),
+        &Credentials::Inline("not-the-token".into()),
+    );
+    am.post_alerts(&[serde_json::json!({
+        "labels": {"alertname": "HighErrorRate", "service": "myapp", "severity": "critical"},
+    })])
+    .await;
+    // Alertmanager tries and is refused: a 4xx is not retried.
+    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
+    while am
+        .counter(
+            "alertmanager_notifications_failed_total",
+            "integration=\"webhook\"",
+        )
+        .await
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alertmanager never failed a delivery:\n{}",
+            am.log_text()
+        );
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+    assert!(am.log_text().contains("401"), "{}", am.log_text());
+    assert!(hooked.state.alerts.lock().unwrap().is_empty());
+    assert_eq!(received(&hooked.state, "webhook"), 0);
+
+    // The same request by hand: 401 with a Bearer challenge.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/alerts", hooked.url))
+        .bearer_auth("not-the-token")
+        .body(r#"{"version":"4","status":"firing","alerts":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_alerts_arrive_through_alertmanager_and_an_oversized_body_is_refused() {
+    let hooked = canaryd(Some(TOKEN)).await;
+    let am = Alertmanager::start(
+        &format!("{}/v1/alerts", hooked.url),
+        &Credentials::Inline(TOKEN.into()),
+    );
+    // One group (same alertname and service), so one notification carries all.
+    let alerts: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            serde_json::json!({
+                "labels": {"alertname": "PodCrashLooping", "service": "myapp",
+                           "severity": "critical", "pod": format!("myapp-{i}")},
+                "annotations": {"summary": format!("pod myapp-{i} restarts")},
+            })
+        })
+        .collect();
+    am.post_alerts(&alerts).await;
+    let myapp = policy_for("myapp", "http://prometheus:9090");
+    eventually(
+        "1,000 alerts reach canaryd",
+        FIRE_TIMEOUT,
+        || hooked.state.alerts.lock().unwrap().len() == 1000,
+        || am.log_text(),
+    )
+    .await;
+    // One alert name, deduplicated for the engine.
+    assert_eq!(matching(&hooked.state, &myapp), ["PodCrashLooping"]);
+    assert!(received(&hooked.state, "webhook") >= 1000);
+
+    // A 10 MB body is refused before it is parsed, and nothing changes.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/alerts", hooked.url))
+        .bearer_auth(TOKEN)
+        .body(vec![b' '; 10 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(hooked.state.alerts.lock().unwrap().len(), 1000);
+}
