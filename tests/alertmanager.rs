@@ -363,5 +363,19 @@ async fn a_thousand_alerts_arrive_through_alertmanager_and_an_oversized_body_is_
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
+
+    // A malformed payload gets 400 naming the JSON path (as docs/alerts.md shows).
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/alerts", hooked.url))
+        .bearer_auth(TOKEN)
+        .body(r#"{"version":"4","status":"firing","alerts":[{"status":"firing","labels":7}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "alerts[0].labels: invalid type: integer `7`, expected a map (line 1, column 72)\n"
+    );
     assert_eq!(hooked.state.alerts.lock().unwrap().len(), 1000);
 }
