@@ -836,6 +836,9 @@ service: web
 namespace: {ns}
 deployment: web
 progressDeadline: 60s
+# Blue-green compares with the stable pods; the policy default (fresh) would
+# query baseline pods that blue-green never creates.
+baseline: stable
 strategy:
   blueGreen:
     activeService: web
@@ -883,8 +886,9 @@ async fn blue_green_switches_and_switches_back_on_alert() {
         } else {
             let d = scene.web().await;
             Err(format!(
-                "selector {v}, phase {:?}; log:\n{}",
+                "selector {v}, phase {:?}, last verdict {:?}; log:\n{}",
                 state_of(&d).phase,
+                state_of(&d).last_verdict().map(|v| v.reason.clone()),
                 tail(&daemon.log_text(), 10)
             ))
         }
