@@ -2,13 +2,20 @@
 //! a real Prometheus whose alerting rule fires, a real Alertmanager posting
 //! to canaryd's webhook (served in-process with a bearer token), and the
 //! `ALERTS` polling fallback against the same Prometheus. Also bad input
-//! through the real HTTP server and through Alertmanager.
+//! through the real HTTP server and through Alertmanager, and the whole chain
+//! into `canaryd run` on the real control plane: a blue-green release is
+//! switched back when a real alert fires in its guard window (that test needs
+//! `CANARYD_KUBECONFIG`, which `scripts/test` sets).
 
 #[path = "support/prom.rs"]
 mod prom;
 
 #[path = "support/alertmanager.rs"]
 mod alertmanager;
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/pods.rs"]
+mod pods;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -378,4 +385,327 @@ async fn a_thousand_alerts_arrive_through_alertmanager_and_an_oversized_body_is_
         "alerts[0].labels: invalid type: integer `7`, expected a map (line 1, column 72)\n"
     );
     assert_eq!(hooked.state.alerts.lock().unwrap().len(), 1000);
+}
+
+// ---- the whole chain into `canaryd run` ---------------------------------------
+
+const V1: &str = "registry.invalid/canaryd/web:v1";
+const V2: &str = "registry.invalid/canaryd/web:v2";
+/// Requests per second each played pod receives.
+const POD_RPS: f64 = 40.0;
+/// Longest the blue-green release may take to switch the Service.
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(150);
+/// Longest `canaryd run` may take to become ready or adopt the Deployment.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
+
+const BLUE_GREEN_POLICY: &str = r#"
+service: web
+namespace: {ns}
+deployment: web
+progressDeadline: 60s
+baseline: stable
+strategy:
+  blueGreen:
+    activeService: web
+    versionLabel: version
+    observe: 10s
+    keepOldFor: 5m
+analysis:
+  prometheus:
+    url: {prom}
+  interval: 5s
+  maxDuration: 5m
+alerts:
+  matchers: ['service="web"', 'severity="critical"']
+  guardWindow: 5m
+"#;
+
+/// `canaryd run` as a child process; killed on drop.
+struct Daemon {
+    child: Option<std::process::Child>,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(policies: &Path, namespace: &str, token_file: &Path, log_dir: &Path) -> Daemon {
+        let port = prom::free_port();
+        let log = log_dir.join("canaryd.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
+            .arg("run")
+            .arg("--policies")
+            .arg(policies)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--lease-namespace")
+            .arg(namespace)
+            .arg("--identity")
+            .arg("alerts-e2e")
+            .arg("--alert-token-file")
+            .arg(token_file)
+            .env(
+                "KUBECONFIG",
+                cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
+            )
+            .env("CANARYD_LOG", "info,canaryd=debug")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start canaryd run");
+        Daemon {
+            child: Some(child),
+            port,
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn play(pod: &k8s_openapi::api::core::v1::Pod) -> Option<pods::Behaviour> {
+    let version = match pods::image_of(pod).as_str() {
+        V1 => "v1",
+        V2 => "v2",
+        _ => return None,
+    };
+    Some(pods::Behaviour {
+        version: version.into(),
+        error_rate: 0.0,
+        latency_ms: 20,
+    })
+}
+
+fn state_of(d: &k8s_openapi::api::apps::v1::Deployment) -> canaryd::rollout::RolloutState {
+    canaryd::target::annotation(d, canaryd::target::STATE_ANNOTATION)
+        .map(|t| canaryd::rollout::RolloutState::from_json(t).expect("valid state"))
+        .unwrap_or_default()
+}
+
+async fn selector_version(services: &kube::Api<k8s_openapi::api::core::v1::Service>) -> String {
+    services
+        .get("web")
+        .await
+        .ok()
+        .and_then(|s| s.spec)
+        .and_then(|s| s.selector)
+        .and_then(|s| s.get("version").cloned())
+        .unwrap_or_default()
+}
+
+async fn canaryd_events(ns: &cluster::TestNamespace) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let api: kube::Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let mut events: Vec<_> = api
+        .list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("canaryd"))
+        .collect();
+    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaryd_run_switches_blue_green_back_when_a_real_alert_fires() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let ns = cluster::TestNamespace::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sd = dir.path().join("pods.json");
+    let analysis = pods::start_prometheus(&sd);
+    let _player = pods::PodPlayer::start(ns.client(), ns.name(), &sd, POD_RPS, Arc::new(play));
+
+    let deployments: kube::Api<Deployment> = ns.api();
+    let mut web: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": "web", "version": "v1"}},
+                "spec": {"containers": [{"name": "app", "image": V1}]}
+            }
+        }
+    }))
+    .unwrap();
+    cluster::place_on_fake_nodes(web.spec.as_mut().unwrap().template.spec.as_mut().unwrap());
+    deployments
+        .create(&PostParams::default(), &web)
+        .await
+        .expect("create web");
+    let services: kube::Api<Service> = ns.api();
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web", "version": "v1"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create Service");
+
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("web.yaml"),
+        BLUE_GREEN_POLICY
+            .replace("{ns}", ns.name())
+            .replace("{prom}", &analysis.url()),
+    )
+    .unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let daemon = Daemon::start(&policies, ns.name(), &token_file, dir.path());
+    cluster::wait_until(DAEMON_TIMEOUT, "web adopted", || async {
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        if canaryd::target::is_paused(&d)
+            && canaryd::target::annotation(&d, canaryd::target::STATE_ANNOTATION).is_some()
+        {
+            Ok(())
+        } else {
+            Err(daemon.tail())
+        }
+    })
+    .await;
+
+    // The alerting chain: a synthetic probe of the service, scraped by a
+    // Prometheus whose rule fires on its errors, sending to an Alertmanager
+    // that posts to the daemon with the token from the same file.
+    let am = Alertmanager::start(
+        &format!("{}/v1/alerts", daemon.url()),
+        &Credentials::File(token_file.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probe_addr = listener.local_addr().unwrap();
+    let probe = demo_app(listener, 1.0).await;
+    let alerting = AlertingProm::start(
+        &[Target {
+            addr: probe_addr,
+            namespace: ns.name().into(),
+            pod: "web-probe".into(),
+        }],
+        &[Rule {
+            name: "HighErrorRate".into(),
+            expr: r#"sum(rate(http_requests_total{code=~"5.."}[10s])) / sum(rate(http_requests_total[10s])) > 0.02"#.into(),
+            for_: "0s".into(),
+            labels: vec![
+                ("service".into(), "web".into()),
+                ("severity".into(), "critical".into()),
+            ],
+        }],
+        &am.addr(),
+    );
+
+    // Release v2; it passes analysis and the Service switches to it.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Strategic(serde_json::json!({"spec": {"template": {
+                "metadata": {"labels": {"version": "v2"}},
+                "spec": {"containers": [{"name": "app", "image": V2}]}
+            }}})),
+        )
+        .await
+        .expect("set image");
+    cluster::wait_until(ROLLOUT_TIMEOUT, "Service switched to v2", || async {
+        match selector_version(&services).await.as_str() {
+            "v2" => Ok(()),
+            v => Err(format!("selector {v}; daemon log:\n{}", daemon.tail())),
+        }
+    })
+    .await;
+
+    // In the guard window the probe starts failing: the rule fires and the
+    // notification rolls the release back through Alertmanager.
+    let load = tokio::spawn(async move {
+        demo::run_load(&LoadConfig {
+            rps: LOAD_RPS,
+            duration: LOAD_FOR,
+            targets: vec![format!("http://{probe_addr}/")],
+        })
+        .await
+    });
+    let started = std::time::Instant::now();
+    cluster::wait_until(FIRE_TIMEOUT, "Service switched back to v1", || async {
+        match selector_version(&services).await.as_str() {
+            "v1" => Ok(()),
+            v => Err(format!(
+                "selector {v}; alertmanager:\n{}\nprometheus:\n{}\ndaemon:\n{}",
+                am.log_text(),
+                alerting.log_text(),
+                daemon.tail()
+            )),
+        }
+    })
+    .await;
+    eprintln!(
+        "figure: probe errors start to Service switched back: {:?}",
+        started.elapsed()
+    );
+    let d = cluster::wait_until(DAEMON_TIMEOUT, "phase RolledBack", || async {
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        match state_of(&d).phase {
+            canaryd::rollout::Phase::RolledBack => Ok(d),
+            p => Err(format!("{p:?}")),
+        }
+    })
+    .await;
+    let image = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some(V1));
+    let events = canaryd_events(&ns).await;
+    let rollback = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("AlertRollback"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no AlertRollback event in {:?}",
+                events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>()
+            )
+        });
+    let note = rollback.note.clone().unwrap_or_default();
+    assert!(note.contains("HighErrorRate"), "{note}");
+    let rollouts: serde_json::Value = reqwest::get(format!("{}/v1/rollouts", daemon.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rollouts["policyErrors"], serde_json::json!([]));
+
+    load.abort();
+    probe.stop().await;
+    ns.cleanup().await;
 }
