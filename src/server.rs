@@ -164,11 +164,7 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     match state.metrics.render() {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            text,
-        )
-            .into_response(),
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -237,6 +233,9 @@ async fn receive_alerts(State(state): State<Arc<ServerState>>, body: Bytes) -> R
         .with_label_values(&["webhook"])
         .inc_by(payload.alerts.len() as u64);
     if !changes.started.is_empty() || !changes.resolved.is_empty() {
+        // notify_one keeps a permit when nobody waits right now; notify_waiters
+        // wakes everyone who does.
+        state.alerts_changed.notify_one();
         state.alerts_changed.notify_waiters();
     }
     Json(AlertsAccepted {
