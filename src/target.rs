@@ -342,7 +342,8 @@ pub fn assemble(
     let rolled_out = !stable_hash.is_empty()
         && stable_hash == desired
         && stable.has_ready(replicas)
-        && status.replicas.unwrap_or(0) == replicas as i32;
+        && status.replicas.unwrap_or(0) == replicas as i32
+        && pods_by_hash.keys().all(|h| *h == desired);
     let canary_hash = canary
         .and_then(|c| annotation(c, TEMPLATE_HASH_ANNOTATION))
         .unwrap_or_default()
