@@ -82,6 +82,7 @@ impl Daemon {
             .arg(o.identity)
             .env("KUBECONFIG", &o.kubeconfig)
             .env("CANARYD_LOG", "info,canaryd=debug")
+            .env("CANARYD_LOG_FORMAT", "json")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
@@ -369,6 +370,15 @@ impl Scene {
     }
 }
 
+/// `elapsed_ms` of every successful reconcile pass in a JSON daemon log.
+fn reconcile_millis(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "Reconciled.")
+        .filter_map(|v| v["fields"]["elapsed_ms"].as_u64())
+        .collect()
+}
+
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -528,6 +538,7 @@ async fn promotes_a_good_release() {
     );
 
     let d = wait_settled_on(&scene, &daemon, V2).await;
+    let total = changed.elapsed();
     let state = state_of(&d);
     assert!(
         matches!(state.phase, Phase::Promoted | Phase::Idle),
@@ -572,6 +583,17 @@ async fn promotes_a_good_release() {
         "{metrics}"
     );
     eprintln!("figure: image change to canary Deployment created: {reaction:?}");
+    eprintln!("figure: image change to promoted and settled: {total:?}");
+    let mut passes = reconcile_millis(&daemon.log_text());
+    passes.sort_unstable();
+    assert!(!passes.is_empty(), "no reconcile timings logged");
+    eprintln!(
+        "figure: {} reconcile passes, p50 {} ms, p90 {} ms, max {} ms",
+        passes.len(),
+        passes[passes.len() / 2],
+        passes[passes.len() * 9 / 10],
+        passes[passes.len() - 1]
+    );
     assert_eq!(daemon.terminate().code(), Some(0), "clean exit on SIGTERM");
     scene.ns.cleanup().await;
 }
