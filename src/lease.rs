@@ -99,9 +99,13 @@ impl Elector {
     }
 
     fn error(&self, e: kube::Error) -> Error {
+        let message = match &e {
+            kube::Error::Api(s) if s.code == 403 => format!("{FORBIDDEN_PREFIX}{e}"),
+            _ => e.to_string(),
+        };
         Error::Lease {
             name: self.config.full_name(),
-            message: e.to_string(),
+            message,
         }
     }
 
@@ -220,8 +224,11 @@ impl Elector {
     }
 }
 
+/// Marks a Lease error as an RBAC refusal, which retrying cannot fix.
+const FORBIDDEN_PREFIX: &str = "forbidden: ";
+
 fn is_forbidden(e: &Error) -> bool {
-    matches!(e, Error::Lease { message, .. } if message.contains("403") || message.contains("Forbidden"))
+    matches!(e, Error::Lease { message, .. } if message.starts_with(FORBIDDEN_PREFIX))
 }
 
 /// Runs the election until `shutdown` turns true, publishing leadership on
