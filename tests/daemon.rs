@@ -1303,6 +1303,37 @@ async fn runs_with_the_least_privilege_of_deploy_rbac() {
 
     scene.create_web(2).await;
     let policies = scene.policies(ONE_STEP_POLICY);
+
+    // A Lease the identity may not use ends the process (nothing acts).
+    let mut outside = Daemon::start(&DaemonOptions {
+        policies: &policies,
+        kubeconfig: kubeconfig.clone(),
+        lease_namespace: "default",
+        identity: "rbac-outside",
+        token_file: None,
+        log_dir: scene.dir.path(),
+    });
+    let mut child = outside.child.take().expect("running");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < SHORT,
+            "canaryd did not exit on a forbidden Lease:\n{}",
+            outside.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(2), "{}", outside.log_text());
+    assert!(
+        outside.log_text().contains("forbidden"),
+        "{}",
+        outside.log_text()
+    );
+    assert!(!target::is_paused(&scene.web().await), "it never acted");
+
     let daemon = Daemon::start(&DaemonOptions {
         policies: &policies,
         kubeconfig,
