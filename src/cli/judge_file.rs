@@ -24,9 +24,6 @@ use crate::policy::{
 };
 use crate::Error;
 
-/// Exit code for an inconclusive verdict (no data, broken traffic split).
-pub const EXIT_INCONCLUSIVE: u8 = 3;
-
 /// Largest document accepted (bytes).
 pub const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -73,16 +70,7 @@ pub fn run(args: super::judge::Args) -> ExitCode {
             return super::exit(super::EXIT_ERROR);
         }
     }
-    super::exit(exit_code(verdict.decision))
-}
-
-/// Exit code for a decision: 0 promote/continue, 1 rollback, 3 inconclusive.
-pub fn exit_code(decision: Decision) -> u8 {
-    match decision {
-        Decision::Promote | Decision::Continue => super::EXIT_OK,
-        Decision::Rollback => super::EXIT_FAILED,
-        Decision::Inconclusive => EXIT_INCONCLUSIVE,
-    }
+    super::verdict_exit(verdict.decision)
 }
 
 fn read_input(path: Option<&std::path::Path>) -> Result<(String, String), Error> {

@@ -19,9 +19,6 @@ use crate::metrics::{MetricSource, PrometheusSource, Window};
 use crate::observation::MetricWindow;
 use crate::policy::Policy;
 
-/// Exit code for an inconclusive verdict (see docs/judge.md).
-pub const EXIT_INCONCLUSIVE: u8 = 3;
-
 /// One judged (or held) window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,11 +78,7 @@ pub async fn run(args: super::judge::Args) -> ExitCode {
                     return super::exit(super::EXIT_ERROR);
                 }
             }
-            super::exit(match report.verdict.decision {
-                Decision::Promote | Decision::Continue => super::EXIT_OK,
-                Decision::Rollback => super::EXIT_FAILED,
-                Decision::Inconclusive => EXIT_INCONCLUSIVE,
-            })
+            super::verdict_exit(report.verdict.decision)
         }
         Err(e) => {
             eprintln!("canaryd judge: {e}");

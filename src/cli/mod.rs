@@ -17,6 +17,18 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code for usage or I/O errors.
 pub const EXIT_ERROR: u8 = 2;
+/// Exit code for an inconclusive verdict (no data, broken traffic split).
+pub const EXIT_INCONCLUSIVE: u8 = 3;
+
+/// The exit code of `canaryd judge` for a verdict (docs/judge.md).
+pub fn verdict_exit(decision: crate::judge::Decision) -> ExitCode {
+    use crate::judge::Decision;
+    exit(match decision {
+        Decision::Promote | Decision::Continue => EXIT_OK,
+        Decision::Rollback => EXIT_FAILED,
+        Decision::Inconclusive => EXIT_INCONCLUSIVE,
+    })
+}
 
 /// Converts a numeric exit code.
 pub fn exit(code: u8) -> ExitCode {
