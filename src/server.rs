@@ -41,6 +41,8 @@ pub struct ServiceStatus {
     pub last_verdict: Option<Verdict>,
     /// Names of matching alerts that are firing.
     pub firing_alerts: Vec<String>,
+    /// The last reconcile error, until a pass succeeds again.
+    pub last_error: Option<String>,
 }
 
 /// Everything `/v1/rollouts` reports.

@@ -500,6 +500,25 @@ fn omitted_fields_take_their_documented_defaults() {
 }
 
 #[test]
+fn blue_green_compares_with_the_stable_pods_by_default() {
+    let bg =
+        format!("{MINIMAL}strategy:\n  blueGreen:\n    activeService: myapp\n    observe: 2m\n");
+    let p = policy::parse_str(&bg, Path::new("bg.yaml")).unwrap();
+    assert_eq!(
+        p.baseline,
+        BaselineMode::Stable,
+        "blue-green has no baseline pods"
+    );
+    let explicit = format!("{bg}baseline: stable\n");
+    let p = policy::parse_str(&explicit, Path::new("bg.yaml")).unwrap();
+    assert_eq!(p.baseline, BaselineMode::Stable);
+    assert_eq!(
+        parse_errors(&format!("{bg}baseline: fresh\n")),
+        vec!["inline.yaml:11:11: baseline: blue-green creates no baseline pods; use stable (the default for blue-green)"]
+    );
+}
+
+#[test]
 fn example_policies_all_validate() {
     let mut seen = 0;
     for entry in std::fs::read_dir("policies").unwrap() {

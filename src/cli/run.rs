@@ -1,7 +1,7 @@
-//! `canaryd run`: the daemon. Loads policies, serves HTTP, elects a leader
-//! through a Lease and runs the controller until SIGTERM or Ctrl-C.
+//! `canaryd run`: the daemon. Loads policies (and reloads them when the
+//! directory changes), serves HTTP, polls Prometheus for firing alerts, elects
+//! a leader through a Lease and runs the controller until SIGTERM or Ctrl-C.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,10 +11,10 @@ use std::sync::Arc;
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::controller::{self, Context, TargetKey};
+use crate::alerts_poll::{self, POLL_INTERVAL};
+use crate::controller::{self, Context};
 use crate::lease::{self, Elector, Leadership, LeaseConfig};
-use crate::metrics::{MetricSource, PrometheusSource};
-use crate::policy::{load_paths, Policy};
+use crate::reload::PolicyStore;
 use crate::server::{self, ServerState};
 use crate::telemetry::Metrics;
 use crate::Error;
@@ -85,36 +85,14 @@ async fn flagged(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-fn sources(policies: &[Policy]) -> Result<BTreeMap<TargetKey, Arc<dyn MetricSource>>, String> {
-    let mut out: BTreeMap<TargetKey, Arc<dyn MetricSource>> = BTreeMap::new();
-    for p in policies {
-        let source = PrometheusSource::new(&p.analysis.prometheus)
-            .map_err(|e| format!("{}: analysis.prometheus: {e}", p.source.display()))?;
-        out.insert(
-            (p.namespace.clone(), p.deployment.clone()),
-            Arc::new(source),
-        );
-    }
-    Ok(out)
-}
-
 /// Runs the daemon until SIGTERM; exit code 0 after a clean shutdown.
+///
+/// Invalid policy files do not stop the daemon as long as one policy is
+/// valid: they show in `/v1/rollouts` as `policyErrors` (and the previous
+/// valid version of a file stays in force on reload), so one bad edit never
+/// crash-loops every service. Only a start with no valid policy and errors
+/// exits.
 pub async fn run(args: Args) -> ExitCode {
-    let policies = match load_paths(std::slice::from_ref(&args.policies)) {
-        Ok(p) => p,
-        Err(errors) => {
-            for e in errors.iter() {
-                eprintln!("{e}");
-            }
-            return fail(Error::LoadPolicies(
-                errors.iter().map(|e| e.to_string()).collect(),
-            ));
-        }
-    };
-    let sources = match sources(&policies) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
     let token = match &args.alert_token_file {
         Some(path) => match server::read_token_file(path) {
             Ok(t) => Some(t),
@@ -127,6 +105,14 @@ pub async fn run(args: Args) -> ExitCode {
         Err(e) => return fail(format!("registering metrics: {e}")),
     };
     let state = Arc::new(ServerState::new(metrics, token));
+    let store = Arc::new(PolicyStore::open(&args.policies).attach(state.clone()));
+    let (policies, errors) = (store.current(), store.errors());
+    if policies.is_empty() && !errors.is_empty() {
+        for e in errors.iter() {
+            eprintln!("{e}");
+        }
+        return fail(Error::LoadPolicies(errors.to_vec()));
+    }
     state
         .readiness
         .policies_loaded
@@ -157,6 +143,8 @@ pub async fn run(args: Args) -> ExitCode {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(
         policies = policies.len(),
+        policy_errors = errors.len(),
+        policy_path = %args.policies.display(),
         listen = %args.listen,
         identity = %identity,
         lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
@@ -197,8 +185,19 @@ pub async fn run(args: Args) -> ExitCode {
         }
     });
 
+    tokio::spawn(store.clone().run(flagged(stop_rx.clone())));
+    tokio::spawn(alerts_poll::run(
+        state.clone(),
+        store.subscribe(),
+        POLL_INTERVAL,
+        flagged(stop_rx.clone()),
+    ));
     let ctx = Arc::new(Context::new(
-        client, policies, sources, state, leader_rx, &identity,
+        client,
+        store.subscribe(),
+        state,
+        leader_rx,
+        &identity,
     ));
     let controller = controller::run(ctx, flagged(stop_rx.clone()));
     tokio::pin!(controller);

@@ -126,6 +126,17 @@ pub fn render(board: &Value) -> String {
     if rows.is_empty() {
         out.push_str("(no managed rollouts yet)\n");
     }
+    let failing: Vec<String> = board["rollouts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["lastError"].is_string())
+        .map(|r| format!("  {}: {}\n", text(&r["service"]), text(&r["lastError"])))
+        .collect();
+    if !failing.is_empty() {
+        out.push_str("\nLAST ERRORS (retried)\n");
+        out.push_str(&failing.concat());
+    }
     let errors: Vec<String> = board["policyErrors"]
         .as_array()
         .into_iter()
@@ -196,7 +207,8 @@ mod tests {
             }, {
                 "service": "web", "namespace": "prod", "deployment": "web-deploy",
                 "phase": "RolledBack", "step": null, "lastVerdict": null,
-                "firingAlerts": ["HighErrorRate"]
+                "firingAlerts": ["HighErrorRate"],
+                "lastError": "updating Deployment prod/web-deploy: Forbidden"
             }],
             "policyErrors": ["policies/x.yaml:3:1: alpha: must be below 0.5"]
         });
@@ -214,6 +226,13 @@ mod tests {
             lines[2],
             "web      prod/web-deploy  RolledBack   -     HighErrorRate  -"
         );
+        assert!(
+            out.contains(
+                "\nLAST ERRORS (retried)\n  web: updating Deployment prod/web-deploy: Forbidden\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("  shop: "), "{out}");
         assert!(out.ends_with("POLICY ERRORS\n  policies/x.yaml:3:1: alpha: must be below 0.5\n"));
     }
 

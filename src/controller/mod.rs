@@ -7,6 +7,13 @@
 //! - [`window`]: closes an observation window through the policy's metric source.
 //! - [`record`]: the status board and canaryd's own metrics.
 //! - [`schedule`]: when to look again and whether the target is paused (pure).
+//!
+//! Policies are hot-reloaded: the context reads the current
+//! [`PolicySet`] from a watch channel on every lookup, a policy change
+//! re-examines every target, and the watch is restarted when the set of
+//! namespaces the policies name no longer fits the one being watched. A
+//! removed policy stops canaryd acting on its Deployment; objects in flight
+//! are left as they are (see [`orphaned`]).
 
 pub mod act;
 pub mod reconcile;
@@ -19,7 +26,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
@@ -28,8 +35,10 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::lease::Leadership;
-use crate::metrics::MetricSource;
-use crate::policy::Policy;
+use crate::metrics::{MetricSource, PrometheusSource};
+use crate::policy::{Policy, PrometheusConfig};
+use crate::reload::PolicySet;
+use crate::rollout::RolloutState;
 use crate::server::ServerState;
 use crate::target::ROLE_LABEL;
 use crate::{Error, Result};
@@ -42,14 +51,20 @@ pub const REPORTER: &str = "canaryd";
 /// `(namespace, deployment)` of a managed Deployment.
 pub type TargetKey = (String, String);
 
+/// Event reason when a policy disappears while its rollout is in flight.
+pub const POLICY_REMOVED: &str = "PolicyRemoved";
+
+/// A metric source per distinct Prometheus endpoint, or why it cannot be built.
+type SourceCache = Vec<(PrometheusConfig, Result<Arc<dyn MetricSource>, String>)>;
+
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {
     /// Kubernetes client.
     pub client: Client,
-    /// Policies by target.
-    pub policies: BTreeMap<TargetKey, Arc<Policy>>,
-    /// Metric sources by target.
-    pub sources: BTreeMap<TargetKey, Arc<dyn MetricSource>>,
+    /// The policies in force, following hot reloads.
+    pub policies: watch::Receiver<Arc<PolicySet>>,
+    /// Metric sources, built on first use per distinct Prometheus endpoint.
+    sources: Mutex<SourceCache>,
     /// State shared with the HTTP server (alerts, board, metrics).
     pub server: Arc<ServerState>,
     /// Publishes Kubernetes Events.
@@ -62,12 +77,17 @@ pub struct Context {
     errors: Mutex<BTreeMap<String, String>>,
 }
 
+fn build_source(config: &PrometheusConfig) -> Result<Arc<dyn MetricSource>, String> {
+    PrometheusSource::new(config)
+        .map(|s| Arc::new(s) as Arc<dyn MetricSource>)
+        .map_err(|e| format!("analysis.prometheus {}: {e}", config.url))
+}
+
 impl Context {
-    /// A context for `policies`, reading metrics from `sources`.
+    /// A context following `policies`; metric sources are built from them.
     pub fn new(
         client: Client,
-        policies: Vec<Policy>,
-        sources: BTreeMap<TargetKey, Arc<dyn MetricSource>>,
+        policies: watch::Receiver<Arc<PolicySet>>,
         server: Arc<ServerState>,
         leader: watch::Receiver<Leadership>,
         identity: &str,
@@ -79,11 +99,8 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            policies: policies
-                .into_iter()
-                .map(|p| ((p.namespace.clone(), p.deployment.clone()), Arc::new(p)))
-                .collect(),
-            sources,
+            policies,
+            sources: Mutex::new(Vec::new()),
             server,
             leader,
             phases: Mutex::new(BTreeMap::new()),
@@ -108,10 +125,32 @@ impl Context {
         }
     }
 
-    /// The policy managing `d`, if any.
+    /// The policy managing `d` now, if any.
     pub fn policy_for(&self, d: &Deployment) -> Option<Arc<Policy>> {
-        let key = (d.namespace().unwrap_or_default(), d.name_any());
-        self.policies.get(&key).cloned()
+        let namespace = d.namespace().unwrap_or_default();
+        self.policies
+            .borrow()
+            .get(&namespace, &d.name_any())
+            .cloned()
+    }
+
+    /// The metric source for `policy`'s Prometheus, built on first use and
+    /// shared by every policy naming the same endpoint.
+    pub fn source_for(&self, policy: &Policy) -> Result<Arc<dyn MetricSource>, String> {
+        let config = &policy.analysis.prometheus;
+        let mut cache = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, source)) = cache.iter().find(|(c, _)| c == config) {
+            return source.clone();
+        }
+        let source = build_source(config);
+        cache.push((config.clone(), source.clone()));
+        source
+    }
+
+    /// Drops the sources no policy in `set` uses any more.
+    fn prune_sources(&self, set: &PolicySet) {
+        let mut cache = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(c, _)| set.iter().any(|p| p.analysis.prometheus == *c));
     }
 
     /// Names of firing alerts that match the policy.
@@ -134,14 +173,118 @@ pub fn now_ms() -> u128 {
         .unwrap_or(0)
 }
 
-/// The Deployments API to watch: one namespace when every policy is in it,
-/// else the whole cluster.
-fn watched(ctx: &Context) -> Api<Deployment> {
-    let mut namespaces = ctx.policies.keys().map(|(ns, _)| ns.clone());
-    let first = namespaces.next();
-    match first {
-        Some(ns) if namespaces.all(|other| other == ns) => Api::namespaced(ctx.client.clone(), &ns),
-        _ => Api::all(ctx.client.clone()),
+/// The namespace every policy names, or `None` when they span several (or
+/// none): then the whole cluster is watched.
+fn scope(set: &PolicySet) -> Option<String> {
+    let mut namespaces = set.iter().map(|p| p.namespace.as_str());
+    let first = namespaces.next()?;
+    namespaces.all(|ns| ns == first).then(|| first.to_string())
+}
+
+/// The Deployments API for `scope`.
+fn watched(client: &Client, scope: Option<&str>) -> Api<Deployment> {
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A stream that yields whenever the policy set changes.
+fn policy_changes(
+    ctx: Arc<Context>,
+    rx: watch::Receiver<Arc<PolicySet>>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((ctx, rx), |(ctx, mut rx)| async move {
+        rx.changed().await.ok()?;
+        let set = rx.borrow_and_update().clone();
+        ctx.prune_sources(&set);
+        tracing::info!(
+            policies = set.len(),
+            "Policies changed; re-examining every target."
+        );
+        Some(((), (ctx, rx)))
+    })
+}
+
+/// Resolves once the policies need a different watch scope than `current`.
+async fn rescoped(mut rx: watch::Receiver<Arc<PolicySet>>, current: Option<String>) {
+    loop {
+        if rx.changed().await.is_err() {
+            // The store is gone: the set no longer changes.
+            return std::future::pending().await;
+        }
+        if scope(&rx.borrow_and_update()) != current {
+            return;
+        }
+    }
+}
+
+/// Handles policies that disappear: a target whose rollout is in flight is
+/// left exactly as it is (canary, baseline, paused template), canaryd stops
+/// acting on it and says so in a log line and a Warning Event. Restoring the
+/// policy resumes the rollout from its state annotation.
+async fn watch_removals<F>(ctx: Arc<Context>, shutdown: F)
+where
+    F: Future<Output = ()>,
+{
+    let mut rx = ctx.policies.clone();
+    let mut before = rx.borrow_and_update().by_target();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = rx.borrow_and_update().by_target();
+                for (key, policy) in &before {
+                    if !now.contains_key(key) {
+                        orphaned(&ctx, policy).await;
+                    }
+                }
+                before = now;
+            }
+        }
+    }
+}
+
+/// What canaryd does when `policy` was removed (see [`watch_removals`]).
+pub async fn orphaned(ctx: &Context, policy: &Policy) {
+    record::forget(ctx, policy);
+    record::clear_error(ctx, policy);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &policy.namespace);
+    let d = match api.get_opt(&policy.deployment).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(service = %policy.service, error = %e, "Policy removed; cannot read its Deployment.");
+            return;
+        }
+    };
+    let state = crate::target::annotation(&d, crate::target::STATE_ANNOTATION)
+        .and_then(|t| RolloutState::from_json(t).ok())
+        .unwrap_or_default();
+    if state.phase.is_resting() {
+        tracing::info!(service = %policy.service, "Policy removed; no rollout in flight.");
+        return;
+    }
+    let phase = state.phase.label(crate::rollout::step_count(policy));
+    let message = format!(
+        "policy for {}/{} was removed during {phase}; canaryd stopped acting and left the \
+         Deployment, canary and baseline as they are (restore the policy to resume)",
+        policy.namespace, policy.deployment
+    );
+    tracing::warn!(service = %policy.service, phase = %phase, "{message}");
+    if ctx.is_leader() {
+        act::publish(
+            ctx,
+            &d,
+            crate::rollout::EventKind::Warning,
+            POLICY_REMOVED,
+            &message,
+        )
+        .await;
     }
 }
 
@@ -169,22 +312,55 @@ fn leadership_gained(rx: watch::Receiver<Leadership>) -> impl futures::Stream<It
 }
 
 /// Runs the controller until `shutdown` completes, then lets running
-/// reconciles finish.
+/// reconciles finish. The watch is restarted (running reconciles finish
+/// first) whenever a policy change needs another namespace scope.
 pub async fn run<F>(ctx: Arc<Context>, shutdown: F)
 where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
-    let api = watched(&ctx);
+    let shutdown = shutdown.shared();
+    tokio::spawn(watch_removals(ctx.clone(), shutdown.clone()));
+    loop {
+        let mut rx = ctx.policies.clone();
+        let current = scope(&rx.borrow_and_update());
+        tracing::info!(
+            namespace = current.as_deref().unwrap_or("(all)"),
+            "Watching Deployments."
+        );
+        let stop = futures::future::select(
+            shutdown.clone(),
+            Box::pin(rescoped(rx.clone(), current.clone())),
+        )
+        .map(|_| ());
+        run_scoped(ctx.clone(), current.as_deref(), rx, stop).await;
+        if shutdown.clone().now_or_never().is_some() {
+            return;
+        }
+    }
+}
+
+async fn run_scoped<F>(
+    ctx: Arc<Context>,
+    scope: Option<&str>,
+    policies: watch::Receiver<Arc<PolicySet>>,
+    stop: F,
+) where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let api = watched(&ctx.client, scope);
     let arms = watcher::Config::default().labels(ROLE_LABEL);
-    // Re-examine every target when leadership is gained or alerts change.
+    // Re-examine every target when leadership is gained, alerts or policies change.
     let triggers = futures::stream::select(
-        leadership_gained(ctx.leader.clone()),
-        notifications(ctx.server.clone()),
+        futures::stream::select(
+            leadership_gained(ctx.leader.clone()),
+            notifications(ctx.server.clone()),
+        ),
+        policy_changes(ctx.clone(), policies),
     );
     Controller::new(api.clone(), watcher::Config::default())
         .owns(api, arms)
         .reconcile_all_on(triggers)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(stop)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             match result {

@@ -45,12 +45,18 @@ pub fn status(policy: &Policy, state: &RolloutState, alerts: &[String]) -> Servi
             .last_verdict()
             .map(|v| Verdict::new(v.decision, v.reason.clone())),
         firing_alerts: alerts.to_vec(),
+        last_error: None,
     }
 }
 
 /// Puts `policy`'s entry on the board and updates the phase gauge.
 pub fn board(ctx: &Context, policy: &Policy, state: &RolloutState, alerts: &[String]) {
-    let entry = status(policy, state, alerts);
+    let mut entry = status(policy, state, alerts);
+    entry.last_error = ctx
+        .errors
+        .lock()
+        .ok()
+        .and_then(|e| e.get(&policy.service).cloned());
     if let Ok(mut board) = ctx.server.status.write() {
         board.rollouts.retain(|s| {
             (s.namespace.as_str(), s.deployment.as_str())
@@ -116,11 +122,30 @@ pub fn error(ctx: &Context, policy: &Policy, error: &Error) {
     if let Ok(mut errors) = ctx.errors.lock() {
         errors.insert(policy.service.clone(), error.to_string());
     }
+    set_board_error(ctx, policy, Some(error.to_string()));
+}
+
+/// Sets `last_error` on `policy`'s board entry, if it has one.
+fn set_board_error(ctx: &Context, policy: &Policy, error: Option<String>) {
+    if let Ok(mut board) = ctx.server.status.write() {
+        let entry = board.rollouts.iter_mut().find(|s| {
+            (s.namespace.as_str(), s.deployment.as_str())
+                == (policy.namespace.as_str(), policy.deployment.as_str())
+        });
+        if let Some(entry) = entry {
+            entry.last_error = error;
+        }
+    }
 }
 
 /// Forgets the last reconcile error of `policy` after a good pass.
 pub fn clear_error(ctx: &Context, policy: &Policy) {
-    if let Ok(mut errors) = ctx.errors.lock() {
-        errors.remove(&policy.service);
+    let had = ctx
+        .errors
+        .lock()
+        .ok()
+        .and_then(|mut errors| errors.remove(&policy.service));
+    if had.is_some() {
+        set_board_error(ctx, policy, None);
     }
 }

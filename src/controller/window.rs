@@ -42,8 +42,13 @@ pub async fn close(
         at_secs: now.saturating_sub(analysis) as f64,
         expected_canary_share: rollout::expected_canary_share(policy, weight, pods),
     };
-    let key = (policy.namespace.clone(), policy.deployment.clone());
-    let source = ctx.sources.get(&key)?;
+    let source = match ctx.source_for(policy) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(service = %policy.service, error = %e, "No metric source; window has no data.");
+            return Some(no_data(policy, &window, &e));
+        }
+    };
     match source.observe(policy, &window).await {
         Ok(observation) => Some(observation),
         Err(e) => {

@@ -116,18 +116,6 @@ pub(crate) fn validate(
         "progressDeadline",
         DEFAULT_PROGRESS_DEADLINE,
     );
-    let baseline = match &r.baseline {
-        None => Some(BaselineMode::Fresh),
-        Some(b) => one_of(
-            &mut ctx,
-            b,
-            "baseline",
-            &[
-                ("fresh", BaselineMode::Fresh),
-                ("stable", BaselineMode::Stable),
-            ],
-        ),
-    };
     let traffic = validate_traffic(&mut ctx, &r.traffic);
 
     // The interval bounds every observe duration, so read it before the strategy.
@@ -152,6 +140,31 @@ pub(crate) fn validate(
 
     let strategy = validate_strategy(&mut ctx, &r.strategy, traffic.as_ref(), interval);
     let observe_total = strategy.as_ref().map(|s| total_observe(&s.0));
+    // Blue-green never creates baseline pods: it compares with the stable ones.
+    let blue_green = matches!(strategy, Some((Strategy::BlueGreen(_), _)));
+    let baseline = match &r.baseline {
+        None if blue_green => Some(BaselineMode::Stable),
+        None => Some(BaselineMode::Fresh),
+        Some(b) => match one_of(
+            &mut ctx,
+            b,
+            "baseline",
+            &[
+                ("fresh", BaselineMode::Fresh),
+                ("stable", BaselineMode::Stable),
+            ],
+        ) {
+            Some(BaselineMode::Fresh) if blue_green => {
+                ctx.err(
+                    b.referenced,
+                    "baseline",
+                    "blue-green creates no baseline pods; use stable (the default for blue-green)",
+                );
+                None
+            }
+            mode => mode,
+        },
+    };
 
     let analysis = match analysis_raw {
         None => {
