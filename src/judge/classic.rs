@@ -8,8 +8,8 @@
 
 use super::mannwhitney::{hodges_lehmann, mann_whitney};
 use super::report::{
-    arm_reports, bounds_report, direction_name, num, opt, srm_report, Interval, MetricReport,
-    MetricStatus, ScoreReport,
+    arm_reports, bounds_report, direction_name, fail_broken_bounds, num, opt, srm_report, Interval,
+    MetricReport, MetricStatus, ScoreReport,
 };
 use super::{Decision, Evidence, JudgeOptions, MetricEvidence, Verdict};
 use crate::policy::{Analysis, ClassicSettings, Direction, MetricKind, MetricSpec};
@@ -277,15 +277,7 @@ pub fn evaluate(
     let total_w: f64 = judged.iter().map(|g| g.1).sum();
     let score = (total_w > 0.0)
         .then(|| judged.iter().map(|g| g.1 * 100.0 * g.2 / g.3).sum::<f64>() / total_w);
-    let mut bound_fail = Vec::new();
-    for (i, r) in reports.iter_mut().enumerate() {
-        if let Some(b) = &r.bounds {
-            if b.failed_windows >= b.failure_limit {
-                r.status = MetricStatus::Fail;
-                bound_fail.push(i);
-            }
-        }
-    }
+    let bound_fail = fail_broken_bounds(&mut reports);
     let srm = srm_report(evidence);
     let fails: Vec<String> = reports
         .iter()

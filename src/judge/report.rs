@@ -350,6 +350,23 @@ pub(super) fn bounds_report(spec: &MetricSpec, m: Option<&MetricEvidence>) -> Op
     })
 }
 
+/// Marks as failed each report whose bounds broke in `failure_limit` windows
+/// or more; returns their indices.
+pub(super) fn fail_broken_bounds<'a>(
+    reports: impl IntoIterator<Item = &'a mut MetricReport>,
+) -> Vec<usize> {
+    let mut failed = Vec::new();
+    for (i, r) in reports.into_iter().enumerate() {
+        if let Some(b) = &r.bounds {
+            if b.failed_windows >= b.failure_limit {
+                r.status = MetricStatus::Fail;
+                failed.push(i);
+            }
+        }
+    }
+    failed
+}
+
 /// Short number formatting for one-line reasons.
 pub fn num(v: f64) -> String {
     if !v.is_finite() {

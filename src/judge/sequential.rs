@@ -12,8 +12,8 @@
 use super::grid::{bump_weights, kl_per_event, log_sum_exp, weight_near, LogLik, Side};
 use super::histogram::CheckedHistogram;
 use super::report::{
-    arm_reports, bounds_report, capped_exp, direction_name, num, opt, srm_report, BoundaryReport,
-    Interval, MetricReport, MetricStatus, TrafficNeeded,
+    arm_reports, bounds_report, capped_exp, direction_name, fail_broken_bounds, num, opt,
+    srm_report, BoundaryReport, Interval, MetricReport, MetricStatus, TrafficNeeded,
 };
 use super::{Decision, Evidence, MetricEvidence, Verdict};
 use crate::policy::{Analysis, Direction, MetricKind, MetricSpec};
@@ -116,15 +116,7 @@ pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
     for &i in &failing {
         judged[i].report.status = MetricStatus::Fail;
     }
-    let mut bound_fail = Vec::new();
-    for (i, j) in judged.iter_mut().enumerate() {
-        if let Some(b) = &j.report.bounds {
-            if b.failed_windows >= b.failure_limit {
-                j.report.status = MetricStatus::Fail;
-                bound_fail.push(i);
-            }
-        }
-    }
+    let bound_fail = fail_broken_bounds(judged.iter_mut().map(|j| &mut j.report));
 
     let srm = srm_report(evidence);
     let (decision, reason) = if evidence.windows == 0 {
@@ -314,6 +306,26 @@ fn no_worse(direction: Direction, effect: f64, lo: Option<f64>, hi: Option<f64>)
     }
 }
 
+/// The anytime-valid interval `[lo, hi]` at level 1 − α.
+fn anytime_interval(lo: Option<f64>, hi: Option<f64>, alpha_i: f64) -> Interval {
+    Interval {
+        lower: lo,
+        upper: hi,
+        level: 1.0 - alpha_i,
+        anytime: true,
+    }
+}
+
+/// No traffic estimate at `effect`, and why.
+fn no_estimate(effect: f64, note: &str) -> TrafficNeeded {
+    TrafficNeeded {
+        effect,
+        more_events: None,
+        more_requests: None,
+        note: note.into(),
+    }
+}
+
 /// Mean events to cross `threshold` at ratio `rho`: (ln 1/α + ln 1/w) / KL.
 fn events_needed(weights: &[f64], rho: f64, s: f64, log_threshold: f64) -> Option<f64> {
     let kl = kl_per_event(rho, s);
@@ -340,12 +352,7 @@ fn judge_errors(
         _ => c.loglik.mle(),
     };
     report.estimate = estimate;
-    report.interval = Some(Interval {
-        lower: lo,
-        upper: hi,
-        level: 1.0 - alpha_i,
-        anytime: true,
-    });
+    report.interval = Some(anytime_interval(lo, hi, alpha_i));
     report.e_value = Some(capped_exp(log_e));
     let effect = effect_ratio(spec);
     let nw = no_worse(spec.direction, effect, lo, hi);
@@ -383,12 +390,7 @@ fn judge_errors(
                 ),
             }
             }
-            None => TrafficNeeded {
-                effect,
-                more_events: None,
-                more_requests: None,
-                note: "no traffic split to estimate from".into(),
-            },
+            None => no_estimate(effect, "no traffic split to estimate from"),
         },
     );
     let summary = format!(
@@ -500,12 +502,7 @@ fn judge_latency(
     if let Some(i) = best {
         let (lo, hi) = l.loglik[i].interval(alpha_i);
         report.estimate = report.boundaries.get(i).and_then(|b| b.ratio);
-        report.interval = Some(Interval {
-            lower: lo,
-            upper: hi,
-            level: 1.0 - alpha_i,
-            anytime: true,
-        });
+        report.interval = Some(anytime_interval(lo, hi, alpha_i));
     }
     report.e_value = Some(capped_exp(log_e));
     if nw {
@@ -529,12 +526,7 @@ fn judge_latency(
                 ),
             }
         }
-        None => TrafficNeeded {
-            effect,
-            more_events: None,
-            more_requests: None,
-            note: "no bucket bound splits the traffic 5%..95% yet".into(),
-        },
+        None => no_estimate(effect, "no bucket bound splits the traffic 5%..95% yet"),
     });
     let summary = format!(
         "{}: e={}/{} p50 {} vs {}, p90 {} vs {}, p99 {} vs {} (canary vs baseline, n {} vs {})",
