@@ -82,6 +82,14 @@ fn spec_key(spec: &LeaseSpec) -> (String, String) {
     )
 }
 
+/// Write options naming canaryd's field manager.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    }
+}
+
 impl Elector {
     /// An elector for `config`'s Lease.
     pub fn new(client: Client, config: LeaseConfig) -> Self {
@@ -109,6 +117,21 @@ impl Elector {
         }
     }
 
+    /// The Lease, if it exists.
+    async fn get(&self) -> Result<Option<Lease>> {
+        self.api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Writes `lease` back; its resourceVersion is the precondition.
+    async fn replace(&self, lease: &Lease) -> kube::Result<Lease> {
+        self.api
+            .replace(&self.config.name, &post_params(), lease)
+            .await
+    }
+
     fn duration_secs(&self) -> i32 {
         self.config.duration.as_secs().clamp(1, i32::MAX as u64) as i32
     }
@@ -117,16 +140,7 @@ impl Elector {
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
         let now = MicroTime(Timestamp::now());
         let id = self.config.identity.clone();
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PostParams::default()
-        };
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.config.name)
-            .await
-            .map_err(|e| self.error(e))?
-        else {
+        let Some(mut lease) = self.get().await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
@@ -142,7 +156,7 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&pp, &lease).await {
+            return match self.api.create(&post_params(), &lease).await {
                 Ok(_) => Ok(true),
                 // Another instance created it first.
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
@@ -182,7 +196,7 @@ impl Elector {
         lease.spec = Some(next);
         // The resourceVersion read above is the precondition: two instances
         // taking over at once cannot both win.
-        match self.api.replace(&self.config.name, &pp, &lease).await {
+        match self.replace(&lease).await {
             Ok(written) => {
                 let key = spec_key(&written.spec.unwrap_or_default());
                 self.observed = Some((key.0, key.1, Instant::now()));
@@ -195,12 +209,7 @@ impl Elector {
 
     /// Gives the Lease up (if held) so another instance takes over at once.
     pub async fn release(&mut self) -> Result<()> {
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.config.name)
-            .await
-            .map_err(|e| self.error(e))?
-        else {
+        let Some(mut lease) = self.get().await? else {
             return Ok(());
         };
         let mut spec = lease.spec.clone().unwrap_or_default();
@@ -211,11 +220,7 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         lease.spec = Some(spec);
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PostParams::default()
-        };
-        match self.api.replace(&self.config.name, &pp, &lease).await {
+        match self.replace(&lease).await {
             Ok(_) => Ok(()),
             // Someone else took it in the meantime: nothing left to release.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
