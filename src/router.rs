@@ -136,6 +136,18 @@ where
     }
 }
 
+/// Labels of the canary objects canaryd creates for `target`.
+fn canary_labels(target: &Deployment) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (ROLE_LABEL.to_string(), Arm::Canary.as_str().to_string()),
+        (TARGET_LABEL.to_string(), target.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGED_BY.to_string(),
+        ),
+    ])
+}
+
 /// The `<service>-canary` Service: the primary's ports, its selector plus the
 /// canary role label, owned by the target (pure).
 pub fn canary_service(primary: &Service, target: &Deployment) -> Service {
@@ -154,14 +166,7 @@ pub fn canary_service(primary: &Service, target: &Deployment) -> Service {
         metadata: ObjectMeta {
             name: Some(canary_service_name(&primary.name_any())),
             namespace: primary.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([
-                (ROLE_LABEL.to_string(), Arm::Canary.as_str().to_string()),
-                (TARGET_LABEL.to_string(), target.name_any()),
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    MANAGED_BY.to_string(),
-                ),
-            ])),
+            labels: Some(canary_labels(target)),
             owner_references: Some(vec![owner_reference(target)]),
             ..ObjectMeta::default()
         },
@@ -186,11 +191,27 @@ async fn ensure_canary_service(
     let err = weight_error(kind, ns, service);
     let primary = api.get(service).await.map_err(&err)?;
     let desired = canary_service(&primary, target);
-    let name = canary_service_name(service);
+    apply_owned(&api, ns, "Service", target, &desired, &err).await
+}
+
+/// Server-side applies `desired`, unless an object of its name already
+/// belongs to another target (`ForeignObject`).
+async fn apply_owned<K>(
+    api: &Api<K>,
+    ns: &str,
+    kind: &'static str,
+    target: &Deployment,
+    desired: &K,
+    err: impl Fn(kube::Error) -> Error,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = desired.name_any();
     if let Some(existing) = api.get_opt(&name).await.map_err(&err)? {
         if existing.labels().get(TARGET_LABEL) != Some(&target.name_any()) {
             return Err(Error::ForeignObject {
-                kind: "Service",
+                kind,
                 name: format!("{ns}/{name}"),
             });
         }
@@ -198,7 +219,7 @@ async fn ensure_canary_service(
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
+        &Patch::Apply(desired),
     )
     .await
     .map_err(&err)?;
@@ -247,14 +268,7 @@ pub fn canary_ingress(primary: &Ingress, target: &Deployment, percent: u8) -> In
         metadata: ObjectMeta {
             name: Some(canary_ingress_name(&primary.name_any())),
             namespace: primary.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([
-                (ROLE_LABEL.to_string(), Arm::Canary.as_str().to_string()),
-                (TARGET_LABEL.to_string(), target.name_any()),
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    MANAGED_BY.to_string(),
-                ),
-            ])),
+            labels: Some(canary_labels(target)),
             annotations: Some(BTreeMap::from([
                 (NGINX_CANARY.to_string(), "true".to_string()),
                 (NGINX_CANARY_WEIGHT.to_string(), percent.to_string()),
@@ -282,23 +296,7 @@ async fn set_ingress_weight(
         ensure_canary_service(client, ns, &service, target, "Ingress").await?;
     }
     let desired = canary_ingress(&primary, target, percent);
-    let name = canary_ingress_name(ingress);
-    if let Some(existing) = api.get_opt(&name).await.map_err(&err)? {
-        if existing.labels().get(TARGET_LABEL) != Some(&target.name_any()) {
-            return Err(Error::ForeignObject {
-                kind: "Ingress",
-                name: format!("{ns}/{name}"),
-            });
-        }
-    }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await
-    .map_err(&err)?;
-    Ok(())
+    apply_owned(&api, ns, "Ingress", target, &desired, &err).await
 }
 
 fn is_service_ref(r: &Value) -> bool {
