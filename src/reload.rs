@@ -701,19 +701,30 @@ alerts:
         })
     }
 
+    /// The service whose policy manages Deployment `default/deployment`.
+    fn service_at<'a>(set: &'a PolicySet, deployment: &str) -> Option<&'a str> {
+        set.get("default", deployment).map(|p| p.service.as_str())
+    }
+
+    /// A first scan of a.yaml and b.yaml (services a and b, observe 1m) on
+    /// Deployments `default/<da>` and `default/<db>`.
+    fn a_and_b(da: &str, db: &str) -> Merged {
+        merge(
+            &PolicySet::default(),
+            scan_of(vec![
+                valid("a.yaml", "a", da, "1m"),
+                valid("b.yaml", "b", db, "1m"),
+            ]),
+        )
+    }
+
     fn changes(pairs: &[(&str, FileChange)]) -> BTreeMap<PathBuf, FileChange> {
         pairs.iter().map(|(f, c)| (PathBuf::from(f), *c)).collect()
     }
 
     #[test]
     fn valid_files_are_added_updated_and_removed() {
-        let first = merge(
-            &PolicySet::default(),
-            scan_of(vec![
-                valid("a.yaml", "a", "a", "1m"),
-                valid("b.yaml", "b", "b", "1m"),
-            ]),
-        );
+        let first = a_and_b("a", "b");
         assert!(first.errors.is_empty());
         assert_eq!(first.set.len(), 2);
         assert_eq!(
@@ -754,13 +765,7 @@ alerts:
 
     #[test]
     fn an_invalid_file_keeps_its_previous_version_while_others_change() {
-        let first = merge(
-            &PolicySet::default(),
-            scan_of(vec![
-                valid("a.yaml", "a", "a", "1m"),
-                valid("b.yaml", "b", "b", "1m"),
-            ]),
-        );
+        let first = a_and_b("a", "b");
         let second = merge(
             &first.set,
             scan_of(vec![invalid("a.yaml"), valid("b.yaml", "b", "b", "7m")]),
@@ -857,13 +862,7 @@ alerts:
             ]),
         );
         assert_eq!(second.set.len(), 1);
-        assert_eq!(
-            second
-                .set
-                .get("default", "shared")
-                .map(|p| p.service.as_str()),
-            Some("z")
-        );
+        assert_eq!(service_at(&second.set, "shared"), Some("z"));
         assert_eq!(second.changes, changes(&[("a.yaml", FileChange::Rejected)]));
         assert_eq!(
             second.errors[0].to_string(),
@@ -888,13 +887,7 @@ alerts:
 
     #[test]
     fn a_file_moved_onto_a_taken_deployment_falls_back_to_its_previous_version() {
-        let first = merge(
-            &PolicySet::default(),
-            scan_of(vec![
-                valid("a.yaml", "a", "da", "1m"),
-                valid("b.yaml", "b", "db", "1m"),
-            ]),
-        );
+        let first = a_and_b("da", "db");
         // b.yaml now claims a's Deployment: rejected, its previous version stays.
         let second = merge(
             &first.set,
@@ -904,26 +897,14 @@ alerts:
             ]),
         );
         assert_eq!(second.changes, changes(&[("b.yaml", FileChange::Held)]));
-        assert_eq!(
-            second.set.get("default", "db").map(|p| p.service.as_str()),
-            Some("b")
-        );
-        assert_eq!(
-            second.set.get("default", "da").map(|p| p.service.as_str()),
-            Some("a")
-        );
+        assert_eq!(service_at(&second.set, "db"), Some("b"));
+        assert_eq!(service_at(&second.set, "da"), Some("a"));
         assert_eq!(second.errors.len(), 1);
     }
 
     #[test]
     fn a_fallback_that_conflicts_again_is_resolved_for_its_owner() {
-        let first = merge(
-            &PolicySet::default(),
-            scan_of(vec![
-                valid("a.yaml", "a", "da", "1m"),
-                valid("b.yaml", "b", "db", "1m"),
-            ]),
-        );
+        let first = a_and_b("da", "db");
         // b moves to a's Deployment and a new c.yaml takes b's old one: b falls
         // back to db, which it still owns, so c loses.
         let second = merge(
@@ -935,10 +916,7 @@ alerts:
             ]),
         );
         assert_eq!(second.set.len(), 2);
-        assert_eq!(
-            second.set.get("default", "db").map(|p| p.service.as_str()),
-            Some("b")
-        );
+        assert_eq!(service_at(&second.set, "db"), Some("b"));
         assert_eq!(
             second.changes,
             changes(&[
