@@ -783,32 +783,14 @@ mod tests {
 
     #[test]
     fn versions_come_from_the_label() {
+        let label = |t: &mut PodTemplateSpec, version: &str| {
+            let labels = t.metadata.as_mut().unwrap().labels.as_mut().unwrap();
+            labels.insert("version".into(), version.into());
+        };
         let mut d = deployment("v2");
-        d.spec
-            .as_mut()
-            .unwrap()
-            .template
-            .metadata
-            .as_mut()
-            .unwrap()
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("version".into(), "v2".into());
+        label(&mut d.spec.as_mut().unwrap().template, "v2");
         let mut rs = replica_set("v1", "abc", 4, "1");
-        rs.spec
-            .as_mut()
-            .unwrap()
-            .template
-            .as_mut()
-            .unwrap()
-            .metadata
-            .as_mut()
-            .unwrap()
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("version".into(), "v1".into());
+        label(rs.spec.as_mut().unwrap().template.as_mut().unwrap(), "v1");
         let o = assemble(d, &[rs], None, None, Some("version"));
         assert_eq!(o.target.desired_version.as_deref(), Some("v2"));
         assert_eq!(o.target.stable_version.as_deref(), Some("v1"));
