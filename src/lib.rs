@@ -9,6 +9,7 @@ pub mod alerts_poll;
 pub mod cli;
 pub mod controller;
 pub mod demo;
+pub mod demo_pods;
 pub mod judge;
 pub mod lease;
 pub mod metrics;

@@ -34,6 +34,9 @@ enum Command {
     DemoApp(cli::demo::AppArgs),
     /// Send demo load to one or more demo-app instances.
     DemoLoad(cli::demo::LoadArgs),
+    /// Play the pods of a fake-node cluster with demo-apps (for scripts/demo).
+    #[command(hide = true)]
+    DemoPods(cli::demo_pods::Args),
     /// Run the daemon: watch managed Deployments and roll them out.
     Run(cli::run::Args),
     /// Show a running daemon's rollouts as a table.
@@ -62,6 +65,7 @@ async fn main() -> ExitCode {
         Command::Judge(args) => cli::judge::run(args).await,
         Command::DemoApp(args) => cli::demo::run_app(args).await,
         Command::DemoLoad(args) => cli::demo::run_load(args).await,
+        Command::DemoPods(args) => cli::demo_pods::run(args).await,
         Command::Run(args) => cli::run::run(args).await,
         Command::Status(args) => cli::status::run(args).await,
     }

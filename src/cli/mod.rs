@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod demo_pods;
 pub mod judge;
 pub mod judge_file;
 pub mod judge_prometheus;

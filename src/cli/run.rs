@@ -58,7 +58,7 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn termination() {
+pub(crate) async fn termination() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

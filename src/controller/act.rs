@@ -6,10 +6,12 @@
 //! repeat them.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use kube::runtime::events::{Event, EventType};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
 use kube::Resource;
 
-use super::{schedule, Context};
+use super::{schedule, Context, REPORTER};
 use crate::policy::{Policy, Strategy};
 use crate::rollout::{Action, EventKind, RolloutState};
 use crate::target::{self, Arm, Observed};
@@ -229,6 +231,11 @@ async fn ensure(
 
 /// Publishes an Event on the target. A failure is logged, not retried: the
 /// rollout must not stall on its own bookkeeping.
+///
+/// Every Event is created anew rather than through kube's `Recorder`, which
+/// folds Events of one reason on one object into a series for six minutes
+/// and keeps the first note: a second rollout's `RolledBack` would then show
+/// the first rollout's numbers.
 pub async fn publish(
     ctx: &Context,
     d: &k8s_openapi::api::apps::v1::Deployment,
@@ -245,18 +252,37 @@ pub async fn publish(
         note.truncate(cut);
         note.push_str("...");
     }
-    let event = Event {
-        type_: match kind {
-            EventKind::Normal => EventType::Normal,
-            EventKind::Warning => EventType::Warning,
-        },
-        reason: reason.to_string(),
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let regarding = d.object_ref(&());
+    let namespace = regarding.namespace.clone().unwrap_or_default();
+    let event = K8sEvent {
+        action: Some(String::from("Rollout")),
+        reason: Some(reason.to_string()),
         note: Some(note),
-        action: String::from("Rollout"),
-        secondary: None,
+        event_time: Some(MicroTime(now)),
+        metadata: ObjectMeta {
+            namespace: Some(namespace.clone()),
+            name: Some(format!(
+                "{}.{:x}",
+                regarding.name.clone().unwrap_or_default(),
+                now.as_nanosecond()
+            )),
+            ..ObjectMeta::default()
+        },
+        regarding: Some(regarding),
+        reporting_controller: Some(REPORTER.to_string()),
+        reporting_instance: Some(ctx.identity.clone()),
+        type_: Some(
+            match kind {
+                EventKind::Normal => "Normal",
+                EventKind::Warning => "Warning",
+            }
+            .to_string(),
+        ),
+        ..K8sEvent::default()
     };
-    let reference = d.object_ref(&());
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+    let api: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
         let err = Error::PublishEvent {
             reason: reason.to_string(),
             name: target::full_name(d),

@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
@@ -67,8 +66,8 @@ pub struct Context {
     sources: Mutex<SourceCache>,
     /// State shared with the HTTP server (alerts, board, metrics).
     pub server: Arc<ServerState>,
-    /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    /// This instance's identity, reported on its Events.
+    pub identity: String,
     /// Whether this instance leads.
     pub leader: watch::Receiver<Leadership>,
     /// Last phase per service, for the `canaryd_rollouts` gauge.
@@ -92,12 +91,8 @@ impl Context {
         leader: watch::Receiver<Leadership>,
         identity: &str,
     ) -> Self {
-        let reporter = Reporter {
-            controller: REPORTER.to_string(),
-            instance: Some(identity.to_string()),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            identity: identity.to_string(),
             client,
             policies,
             sources: Mutex::new(Vec::new()),
