@@ -13,11 +13,10 @@ use std::time::Duration;
 use canaryd::policy::{parse_str, Policy};
 use canaryd::router::{self, httproute_resource, NGINX_CANARY, NGINX_CANARY_WEIGHT};
 use canaryd::target::{self, Arm, ROLE_LABEL};
-use cluster::{wait_until, TestNamespace};
+use cluster::{deployment, install_httproute_crd, wait_until, TestNamespace};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -25,24 +24,6 @@ use serde_json::json;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const V1: &str = "registry.invalid/canaryd/web:v1";
 const V2: &str = "registry.invalid/canaryd/web:v2";
-
-fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
-    let mut d: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": {"app": name, "version": "v1"}},
-                "spec": {"containers": [{"name": "app", "image": image}]}
-            }
-        }
-    }))
-    .unwrap();
-    cluster::place_on_fake_nodes(d.spec.as_mut().unwrap().template.spec.as_mut().unwrap());
-    d
-}
 
 fn policy(ns: &str, deployment: &str, traffic: &str) -> Policy {
     let text = format!(
@@ -360,18 +341,6 @@ async fn restore_and_promote_move_the_target_between_templates() {
     ns.cleanup().await;
 }
 
-async fn service(ns: &TestNamespace, name: &str, selector: serde_json::Value) -> Service {
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))
-    .unwrap();
-    ns.api::<Service>()
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create Service")
-}
-
 fn annotations(i: &Ingress) -> (String, String) {
     let a = i.metadata.annotations.clone().unwrap_or_default();
     (
@@ -385,7 +354,7 @@ async fn ingress_nginx_canary_weights() {
     let ns = TestNamespace::create().await;
     let client = ns.client();
     let (_, o) = create_rolled_out(&ns, "shop", 1).await;
-    service(&ns, "shop", json!({"app": "shop"})).await;
+    ns.create_service("shop", json!({"app": "shop"})).await;
     let primary: Ingress = serde_json::from_value(json!({
         "metadata": {"name": "shop"},
         "spec": {"ingressClassName": "nginx", "rules": [{"host": "shop.example", "http": {"paths": [
@@ -452,27 +421,6 @@ async fn ingress_nginx_canary_weights() {
     ns.cleanup().await;
 }
 
-/// Installs the test HTTPRoute CRD once per cluster and waits until it serves.
-async fn install_httproute_crd(client: &Client) {
-    let text = std::fs::read_to_string("tests/fixtures/k8s/httproute-crd.yaml").unwrap();
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds.create(&PostParams::default(), &crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create CRD: {e}"),
-    }
-    let routes: Api<DynamicObject> = Api::all_with(client.clone(), &httproute_resource());
-    wait_until(TIMEOUT, "HTTPRoute CRD to serve", || async {
-        routes
-            .list(&ListParams::default().limit(1))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await;
-}
-
 fn weights(route: &DynamicObject) -> Vec<(String, i64)> {
     route.data["spec"]["rules"][0]["backendRefs"]
         .as_array()
@@ -491,9 +439,9 @@ fn weights(route: &DynamicObject) -> Vec<(String, i64)> {
 async fn gateway_api_backend_weights() {
     let ns = TestNamespace::create().await;
     let client = ns.client();
-    install_httproute_crd(&client).await;
+    install_httproute_crd(&client, TIMEOUT).await;
     let (_, o) = create_rolled_out(&ns, "shop", 1).await;
-    service(&ns, "shop", json!({"app": "shop"})).await;
+    ns.create_service("shop", json!({"app": "shop"})).await;
     let routes: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns.name(), &httproute_resource());
     let route: DynamicObject = serde_json::from_value(json!({
@@ -548,7 +496,8 @@ async fn blue_green_selector_switch_and_back() {
     let ns = TestNamespace::create().await;
     let client = ns.client();
     let services: Api<Service> = ns.api();
-    service(&ns, "active", json!({"app": "web", "version": "v1"})).await;
+    ns.create_service("active", json!({"app": "web", "version": "v1"}))
+        .await;
     let selector = |s: Service| s.spec.unwrap().selector.unwrap();
     for version in ["v2", "v2", "v1"] {
         router::switch_selector(&client, ns.name(), "active", "version", version)

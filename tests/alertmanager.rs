@@ -398,27 +398,8 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(150);
 /// Longest `canaryd run` may take to become ready or adopt the Deployment.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 
-const BLUE_GREEN_POLICY: &str = r#"
-service: web
-namespace: {ns}
-deployment: web
-progressDeadline: 60s
-baseline: stable
-strategy:
-  blueGreen:
-    activeService: web
-    versionLabel: version
-    observe: 10s
-    keepOldFor: 5m
-analysis:
-  prometheus:
-    url: {prom}
-  interval: 5s
-  maxDuration: 5m
-alerts:
-  matchers: ['service="web"', 'severity="critical"']
-  guardWindow: 5m
-"#;
+/// Blue-green policy with `{ns}` and `{prom}` to fill in.
+const BLUE_GREEN_POLICY: &str = include_str!("fixtures/daemon/blue-green.yaml");
 
 /// `canaryd run` as a child process; killed on drop.
 struct Daemon {
@@ -544,35 +525,13 @@ async fn canaryd_run_switches_blue_green_back_when_a_real_alert_fires() {
     let _player = pods::PodPlayer::start(ns.client(), ns.name(), &sd, POD_RPS, Arc::new(play));
 
     let deployments: kube::Api<Deployment> = ns.api();
-    let mut web: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web", "labels": {"app": "web"}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": {"app": "web", "version": "v1"}},
-                "spec": {"containers": [{"name": "app", "image": V1}]}
-            }
-        }
-    }))
-    .unwrap();
-    cluster::place_on_fake_nodes(web.spec.as_mut().unwrap().template.spec.as_mut().unwrap());
     deployments
-        .create(&PostParams::default(), &web)
+        .create(&PostParams::default(), &cluster::deployment("web", 2, V1))
         .await
         .expect("create web");
     let services: kube::Api<Service> = ns.api();
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web", "version": "v1"},
-                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))
-    .unwrap();
-    services
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create Service");
+    ns.create_service("web", serde_json::json!({"app": "web", "version": "v1"}))
+        .await;
 
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();

@@ -29,7 +29,6 @@ use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use pods::{Behaviour, PodPlayer};
@@ -257,37 +256,13 @@ impl Scene {
     }
 
     async fn create_web(&self, replicas: i32) {
-        let mut d: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": "web"}},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": {
-                    "metadata": {"labels": {"app": "web", "version": "v1"}},
-                    "spec": {"containers": [{"name": "app", "image": V1}]}
-                }
-            }
-        }))
-        .unwrap();
-        cluster::place_on_fake_nodes(d.spec.as_mut().unwrap().template.spec.as_mut().unwrap());
         self.deployments()
-            .create(&PostParams::default(), &d)
+            .create(
+                &PostParams::default(),
+                &cluster::deployment("web", replicas, V1),
+            )
             .await
             .expect("create web");
-    }
-
-    async fn service(&self, name: &str, selector: Value) {
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-        }))
-        .unwrap();
-        self.ns
-            .api::<Service>()
-            .create(&PostParams::default(), &svc)
-            .await
-            .expect("create Service");
     }
 
     /// Like `kubectl set image` (and the version label for blue-green).
@@ -702,7 +677,7 @@ async fn ingress_weights_follow_the_steps() {
     let weight = Arc::new(AtomicU32::new(0));
     let scene = Scene::weighted(weight.clone()).await;
     scene.create_web(2).await;
-    scene.service("web", json!({"app": "web"})).await;
+    scene.ns.create_service("web", json!({"app": "web"})).await;
     let primary: Ingress = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"ingressClassName": "nginx", "rules": [{"host": "web.example", "http": {"paths": [
@@ -766,33 +741,13 @@ async fn ingress_weights_follow_the_steps() {
     scene.ns.cleanup().await;
 }
 
-async fn install_httproute_crd(client: &Client) {
-    let text = std::fs::read_to_string("tests/fixtures/k8s/httproute-crd.yaml").unwrap();
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds.create(&PostParams::default(), &crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create CRD: {e}"),
-    }
-    let routes: Api<DynamicObject> = Api::all_with(client.clone(), &httproute_resource());
-    wait_until(SHORT, "HTTPRoute CRD to serve", || async {
-        routes
-            .list(&ListParams::default().limit(1))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_weights_follow_the_steps() {
     let weight = Arc::new(AtomicU32::new(0));
     let scene = Scene::weighted(weight.clone()).await;
-    install_httproute_crd(&scene.client()).await;
+    cluster::install_httproute_crd(&scene.client(), SHORT).await;
     scene.create_web(2).await;
-    scene.service("web", json!({"app": "web"})).await;
+    scene.ns.create_service("web", json!({"app": "web"})).await;
     let routes: Api<DynamicObject> =
         Api::namespaced_with(scene.client(), scene.name(), &httproute_resource());
     let route: DynamicObject = serde_json::from_value(json!({
@@ -853,29 +808,8 @@ async fn gateway_weights_follow_the_steps() {
     scene.ns.cleanup().await;
 }
 
-const BLUE_GREEN_POLICY: &str = r#"
-service: web
-namespace: {ns}
-deployment: web
-progressDeadline: 60s
-# Blue-green compares with the stable pods; the policy default (fresh) would
-# query baseline pods that blue-green never creates.
-baseline: stable
-strategy:
-  blueGreen:
-    activeService: web
-    versionLabel: version
-    observe: 10s
-    keepOldFor: 5m
-analysis:
-  prometheus:
-    url: {prom}
-  interval: 5s
-  maxDuration: 5m
-alerts:
-  matchers: ['service="web"', 'severity="critical"']
-  guardWindow: 5m
-"#;
+/// Blue-green policy with `{ns}` and `{prom}` to fill in.
+const BLUE_GREEN_POLICY: &str = include_str!("fixtures/daemon/blue-green.yaml");
 
 fn selector_version(svc: &Service) -> String {
     svc.spec
@@ -891,7 +825,8 @@ async fn blue_green_switches_and_switches_back_on_alert() {
     let scene = Scene::new().await;
     scene.create_web(2).await;
     scene
-        .service("web", json!({"app": "web", "version": "v1"}))
+        .ns
+        .create_service("web", json!({"app": "web", "version": "v1"}))
         .await;
     let policies = scene.policies(BLUE_GREEN_POLICY);
     let mut daemon = scene.daemon(&policies, "solo");
@@ -1169,47 +1104,26 @@ fn rbac_documents(ns: &str) -> Vec<Value> {
 }
 
 async fn apply_rbac(client: &Client, ns: &str) {
-    let pp = PostParams::default();
     for doc in rbac_documents(ns) {
+        let c = client.clone();
         match doc["kind"].as_str().unwrap_or_default() {
-            "ServiceAccount" => {
-                let sa: ServiceAccount = serde_json::from_value(doc).unwrap();
-                Api::<ServiceAccount>::namespaced(client.clone(), ns)
-                    .create(&pp, &sa)
-                    .await
-                    .unwrap();
-            }
-            "ClusterRole" => {
-                let r: ClusterRole = serde_json::from_value(doc).unwrap();
-                Api::<ClusterRole>::all(client.clone())
-                    .create(&pp, &r)
-                    .await
-                    .unwrap();
-            }
-            "ClusterRoleBinding" => {
-                let r: ClusterRoleBinding = serde_json::from_value(doc).unwrap();
-                Api::<ClusterRoleBinding>::all(client.clone())
-                    .create(&pp, &r)
-                    .await
-                    .unwrap();
-            }
-            "Role" => {
-                let r: Role = serde_json::from_value(doc).unwrap();
-                Api::<Role>::namespaced(client.clone(), ns)
-                    .create(&pp, &r)
-                    .await
-                    .unwrap();
-            }
-            "RoleBinding" => {
-                let r: RoleBinding = serde_json::from_value(doc).unwrap();
-                Api::<RoleBinding>::namespaced(client.clone(), ns)
-                    .create(&pp, &r)
-                    .await
-                    .unwrap();
-            }
+            "ServiceAccount" => create(Api::<ServiceAccount>::namespaced(c, ns), doc).await,
+            "ClusterRole" => create(Api::<ClusterRole>::all(c), doc).await,
+            "ClusterRoleBinding" => create(Api::<ClusterRoleBinding>::all(c), doc).await,
+            "Role" => create(Api::<Role>::namespaced(c, ns), doc).await,
+            "RoleBinding" => create(Api::<RoleBinding>::namespaced(c, ns), doc).await,
             other => panic!("unexpected kind {other} in deploy/rbac.yaml"),
         }
     }
+}
+
+/// Creates `doc` as a `K` through `api`.
+async fn create<K>(api: Api<K>, doc: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(doc).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
 }
 
 async fn delete_cluster_rbac(client: &Client, ns: &str) {

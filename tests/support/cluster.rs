@@ -19,8 +19,11 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, PodSpec, ServiceAccount, Toleration};
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use canaryd::router::httproute_resource;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, Service, ServiceAccount, Toleration};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -125,6 +128,48 @@ pub fn place_on_fake_nodes(spec: &mut PodSpec) {
         });
 }
 
+/// Deployment `name` (pods labelled `app: name`, `version: v1`) of
+/// `replicas` pods running `image` on the fake nodes, surging one at a time.
+pub fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
+    let mut d: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": name, "version": "v1"}},
+                "spec": {"containers": [{"name": "app", "image": image}]}
+            }
+        }
+    }))
+    .unwrap();
+    place_on_fake_nodes(d.spec.as_mut().unwrap().template.spec.as_mut().unwrap());
+    d
+}
+
+/// Installs the test HTTPRoute CRD (once per cluster) and waits up to
+/// `timeout` until it serves.
+pub async fn install_httproute_crd(client: &Client, timeout: Duration) {
+    let text = std::fs::read_to_string("tests/fixtures/k8s/httproute-crd.yaml").unwrap();
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create CRD: {e}"),
+    }
+    let routes: Api<DynamicObject> = Api::all_with(client.clone(), &httproute_resource());
+    wait_until(timeout, "HTTPRoute CRD to serve", || async {
+        routes
+            .list(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
 /// A namespace `canaryd-test-<random>` that is deleted at the end: by
 /// `cleanup().await`, or when dropped (also when the test panics).
 pub struct TestNamespace {
@@ -201,6 +246,19 @@ impl TestNamespace {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Creates Service `name` with `selector`, port 80 to the pods' 8080.
+    pub async fn create_service(&self, name: &str, selector: serde_json::Value) -> Service {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        self.api::<Service>()
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create Service")
     }
 
     /// Deletes the namespace (without waiting for its finalization).
