@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::prom::{free_port, prometheus_binary, Target, SCRAPE_INTERVAL};
+use crate::prom::{free_port, prometheus_binary, scrape_config, Target, SCRAPE_INTERVAL};
 
 /// How long Alertmanager or Prometheus may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -301,26 +301,12 @@ fn rules_text(rules: &[Rule]) -> String {
 }
 
 fn prometheus_config(targets: &[Target], rules_file: &Path, alertmanager_addr: &str) -> String {
-    let groups: Vec<serde_json::Value> = targets
-        .iter()
-        .map(|t| {
-            serde_json::json!({
-                "targets": [t.addr.to_string()],
-                "labels": {"namespace": t.namespace, "pod": t.pod},
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "global": {
-            "scrape_interval": SCRAPE_INTERVAL,
-            "scrape_timeout": SCRAPE_INTERVAL,
-            "evaluation_interval": SCRAPE_INTERVAL,
-        },
-        "rule_files": [rules_file.display().to_string()],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_addr]}]}]},
-        "scrape_configs": [{"job_name": "demo", "honor_labels": true, "static_configs": groups}],
-    })
-    .to_string()
+    let mut config = scrape_config(targets);
+    config["rule_files"] = serde_json::json!([rules_file.display().to_string()]);
+    config["alerting"] = serde_json::json!({
+        "alertmanagers": [{"static_configs": [{"targets": [alertmanager_addr]}]}],
+    });
+    config.to_string()
 }
 
 /// Sums `name{...}` samples whose label text contains `label_filter`.

@@ -109,7 +109,7 @@ impl Prom {
     /// config and log. Waits until ready.
     pub fn start_on(work: &Path, storage: &Path, targets: &[Target]) -> Prom {
         let config = work.join("prometheus.yml");
-        std::fs::write(&config, config_text(targets))
+        std::fs::write(&config, scrape_config(targets).to_string())
             .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         let mut prom = Prom {
             child: None,
@@ -130,7 +130,7 @@ impl Prom {
     pub fn start_with_web_config(targets: &[Target], web_config: &str) -> Prom {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, config_text(targets))
+        std::fs::write(&config, scrape_config(targets).to_string())
             .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         let web = dir.path().join("web.yml");
         std::fs::write(&web, web_config)
@@ -248,8 +248,9 @@ impl Drop for Prom {
     }
 }
 
-/// The generated config (JSON is valid YAML, so no quoting pitfalls).
-fn config_text(targets: &[Target]) -> String {
+/// Config scraping `targets` every [`SCRAPE_INTERVAL`] with their labels.
+/// Written as JSON, which is valid YAML, so there are no quoting pitfalls.
+pub fn scrape_config(targets: &[Target]) -> serde_json::Value {
     let groups: Vec<serde_json::Value> = targets
         .iter()
         .map(|t| {
@@ -271,7 +272,6 @@ fn config_text(targets: &[Target]) -> String {
             "static_configs": groups,
         }],
     })
-    .to_string()
 }
 
 /// Status code of `GET path` on `127.0.0.1:port`, or `None` if it did not answer.
