@@ -166,35 +166,22 @@ fn mann_whitney_matches_scipy_vectors() {
     for (i, c) in cases.iter().enumerate() {
         let (x, y) = (vec(&c["x"]), vec(&c["y"]));
         let r = mann_whitney(&x, &y).unwrap();
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6;
-        assert!(
-            close(r.u1, c["u"].as_f64().unwrap()),
-            "case {i}: U {} vs {}",
-            r.u1,
-            c["u"]
-        );
-        assert!(
-            close(r.p_value, c["p"].as_f64().unwrap()),
-            "case {i}: p {} vs {} (exact {})",
-            r.p_value,
-            c["p"],
-            r.exact
-        );
-        exact += usize::from(r.exact);
         let h = hodges_lehmann(&x, &y, c["confidence"].as_f64().unwrap()).unwrap();
-        assert!(close(h.estimate, c["hl"].as_f64().unwrap()), "case {i}: HL");
-        assert!(
-            close(h.lower, c["lower"].as_f64().unwrap()),
-            "case {i}: lower {} vs {}",
-            h.lower,
-            c["lower"]
-        );
-        assert!(
-            close(h.upper, c["upper"].as_f64().unwrap()),
-            "case {i}: upper {} vs {}",
-            h.upper,
-            c["upper"]
-        );
+        for (what, got, key) in [
+            ("U", r.u1, "u"),
+            ("p", r.p_value, "p"),
+            ("HL", h.estimate, "hl"),
+            ("lower", h.lower, "lower"),
+            ("upper", h.upper, "upper"),
+        ] {
+            let want = c[key].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-6,
+                "case {i}: {what} {got} vs {want} (exact {})",
+                r.exact
+            );
+        }
+        exact += usize::from(r.exact);
     }
     // both branches of method="auto" are covered
     assert!(exact > 10 && exact < cases.len());
