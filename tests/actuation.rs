@@ -13,7 +13,7 @@ use std::time::Duration;
 use canaryd::policy::{parse_str, Policy};
 use canaryd::router::{self, httproute_resource, NGINX_CANARY, NGINX_CANARY_WEIGHT};
 use canaryd::target::{self, Arm, ROLE_LABEL};
-use cluster::{deployment, install_httproute_crd, wait_until, TestNamespace};
+use cluster::{deployment, image, install_httproute_crd, wait_until, TestNamespace};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -79,20 +79,6 @@ async fn create_rolled_out(
     let hash = target::desired_hash(&created);
     let o = wait_rolled_out(&ns.client(), &p, &hash).await;
     (p, o)
-}
-
-fn image(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .image
-        .clone()
-        .unwrap()
 }
 
 async fn pods_with_prefix(ns: &TestNamespace, prefix: &str) -> Vec<Pod> {

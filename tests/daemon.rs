@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use canaryd::rollout::{Phase, RolloutState};
 use canaryd::router::httproute_resource;
 use canaryd::target::{self, ROLE_LABEL};
-use cluster::{wait_until, TestNamespace};
+use cluster::{image, wait_until, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -382,20 +382,6 @@ fn note(events: &[Event], reason: &str) -> String {
         .find(|e| e.reason.as_deref() == Some(reason))
         .and_then(|e| e.note.clone())
         .unwrap_or_else(|| panic!("no {reason} event in {:?}", reasons(events)))
-}
-
-fn image(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .image
-        .clone()
-        .unwrap()
 }
 
 const CANARY_POLICY: &str = r#"

@@ -148,6 +148,21 @@ pub fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
     d
 }
 
+/// The image of `d`'s first container.
+pub fn image(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
 /// Installs the test HTTPRoute CRD (once per cluster) and waits up to
 /// `timeout` until it serves.
 pub async fn install_httproute_crd(client: &Client, timeout: Duration) {
