@@ -20,20 +20,19 @@
 //! drop, so a failing test never leaves them behind.
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::prom::{free_port, prometheus_binary, scrape_config, Target, SCRAPE_INTERVAL};
+use crate::prom::{
+    free_port, http_get_status, prometheus_binary, scrape_config, Target, SCRAPE_INTERVAL,
+};
 
 /// How long Alertmanager or Prometheus may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between readiness probes.
 pub const READY_POLL: Duration = Duration::from_millis(200);
 /// Timeout of one probe connection.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `group_wait` and `group_interval` of the generated route: notifications go
 /// out (and resolved ones follow) within about a second.
 pub const GROUP_INTERVAL: &str = "1s";
@@ -363,22 +362,6 @@ fn wait_ready(what: &str, port: u16, child: &mut Option<Child>, log: &Path) {
         }
         std::thread::sleep(READY_POLL);
     }
-}
-
-/// Status code of `GET path` on `127.0.0.1:port`, or `None` if it did not answer.
-fn http_get_status(port: u16, path: &str) -> Option<u16> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).ok()?;
-    stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 16];
-    let n = stream.read(&mut head).ok()?;
-    let text = std::str::from_utf8(&head[..n]).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -275,7 +275,7 @@ pub fn scrape_config(targets: &[Target]) -> serde_json::Value {
 }
 
 /// Status code of `GET path` on `127.0.0.1:port`, or `None` if it did not answer.
-fn http_get_status(port: u16, path: &str) -> Option<u16> {
+pub fn http_get_status(port: u16, path: &str) -> Option<u16> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).ok()?;
     stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
