@@ -206,6 +206,12 @@ fn errors_kind() -> MetricKind {
     }
 }
 
+fn latency_kind() -> MetricKind {
+    MetricKind::Latency {
+        buckets: Template(String::new()),
+    }
+}
+
 fn analysis(metrics: Vec<MetricSpec>) -> Analysis {
     Analysis {
         prometheus: PrometheusConfig {
@@ -343,13 +349,7 @@ fn bounds_roll_back_critical_metric_at_first_breach() {
 #[test]
 fn latency_shift_is_caught_and_quantiles_reported() {
     let le = vec![0.05, 0.1, 0.25, 0.5, 1.0, f64::INFINITY];
-    let a = analysis(vec![spec(
-        "latency",
-        MetricKind::Latency {
-            buckets: Template(String::new()),
-        },
-        Direction::Increase,
-    )]);
+    let a = analysis(vec![spec("latency", latency_kind(), Direction::Increase)]);
     let mut ev = Evidence::default();
     let w = WindowObservation {
         at_secs: 60.0,
@@ -392,13 +392,7 @@ fn evidence_round_trips_through_json() {
 
 #[test]
 fn unknown_metric_kind_mismatch_is_no_data() {
-    let a = analysis(vec![spec(
-        "latency",
-        MetricKind::Latency {
-            buckets: Template(String::new()),
-        },
-        Direction::Increase,
-    )]);
+    let a = analysis(vec![spec("latency", latency_kind(), Direction::Increase)]);
     let mut ev = Evidence::default();
     ev.record(&counts_window("latency", (3.0, 100.0), (1.0, 100.0), None));
     let v = evaluate(&a, &ev);
