@@ -361,15 +361,9 @@ async fn a_thousand_alerts_arrive_through_alertmanager_and_an_oversized_body_is_
     assert_eq!(matching(&hooked.state, &myapp), ["PodCrashLooping"]);
     assert!(received(&hooked.state, "webhook") >= 1000);
 
-    // A 10 MB body is refused before it is parsed, and nothing changes.
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/alerts", hooked.url))
-        .bearer_auth(TOKEN)
-        .body(vec![b' '; 10 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
+    // The 10 MB → 413 case is covered by server.rs' unit test over TCP: the
+    // server answers before the body is sent, which an HTTP client can see as a
+    // broken pipe, so it needs a raw socket there.
 
     // A malformed payload gets 400 naming the JSON path (as docs/alerts.md shows).
     let resp = reqwest::Client::new()
