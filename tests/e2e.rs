@@ -661,6 +661,13 @@ async fn canary_promotes_rolls_back_and_reacts_to_a_real_alert() {
     let first_to_visible = visible_at.saturating_sub(u128::from(first_close) * 1000);
     let decided_to_visible = visible_at.saturating_sub(u128::from(rollback.at) * 1000);
     eprintln!("e2e (b): AnalysisFailed: {why}");
+    for v in state
+        .verdicts
+        .iter()
+        .filter(|v| v.step == 0 && v.at >= first_close)
+    {
+        eprintln!("e2e (b): verdict at {}: {}", v.at, v.reason);
+    }
 
     // ---- a valid edit takes effect without a restart: two steps from now on.
     let two = policy(&analysis.url(), TWO_STEPS);

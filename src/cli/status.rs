@@ -83,11 +83,13 @@ pub fn render(board: &Value) -> String {
             .collect();
         let verdict = match &r["lastVerdict"] {
             Value::Null => String::from("-"),
-            v => format!(
-                "{}: {}",
-                text(&v["decision"]),
-                cut(&text(&v["reason"]), MAX_REASON)
-            ),
+            v => {
+                // Reasons usually start with the decision already.
+                let (decision, reason) = (text(&v["decision"]), text(&v["reason"]));
+                let prefix = format!("{decision}: ");
+                let reason = reason.strip_prefix(&prefix).unwrap_or(&reason);
+                format!("{decision}: {}", cut(reason, MAX_REASON))
+            }
         };
         rows.push([
             text(&r["service"]),
@@ -205,6 +207,11 @@ mod tests {
                 "lastVerdict": {"decision": "continue", "reason": "errors 0.1% vs 0.1% (e=1.2)"},
                 "firingAlerts": []
             }, {
+                "service": "api", "namespace": "prod", "deployment": "api",
+                "phase": "Progressing", "step": 0,
+                "lastVerdict": {"decision": "continue", "reason": "continue: errors: e=0.5/40"},
+                "firingAlerts": []
+            }, {
                 "service": "web", "namespace": "prod", "deployment": "web-deploy",
                 "phase": "RolledBack", "step": null, "lastVerdict": null,
                 "firingAlerts": ["HighErrorRate"],
@@ -224,6 +231,11 @@ mod tests {
         );
         assert_eq!(
             lines[2],
+            "api      prod/api         Progressing  1     -              continue: errors: e=0.5/40",
+            "the decision is not repeated"
+        );
+        assert_eq!(
+            lines[3],
             "web      prod/web-deploy  RolledBack   -     HighErrorRate  -"
         );
         assert!(
