@@ -67,6 +67,8 @@ const BAD_ERRORS: f64 = 5.0 * BASE_ERRORS;
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Longest a reaction (adoption, reload, rollback after the verdict) may take.
 const SHORT: Duration = Duration::from_secs(45);
+/// Longest a terminating namespace `test` may take to go away.
+const NAMESPACE_GONE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest the alert may take to fire, reach canaryd and be acted on.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests per second on the failing probe once the alert should fire.
@@ -271,14 +273,23 @@ impl Cluster {
     async fn prepare() -> Cluster {
         let client = cluster::client().await;
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        let created_namespace = match namespaces.get_opt(NAMESPACE).await.unwrap() {
-            Some(ns) => {
-                assert!(
-                    ns.metadata.deletion_timestamp.is_none(),
-                    "namespace {NAMESPACE} is being deleted; re-run when it is gone"
-                );
-                false
-            }
+        // A namespace being deleted (e.g. by `scripts/demo down`) must be gone first.
+        let existing = wait_until(
+            NAMESPACE_GONE_TIMEOUT,
+            "namespace test not terminating",
+            || async {
+                match namespaces.get_opt(NAMESPACE).await {
+                    Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_some() => {
+                        Err(String::from("terminating"))
+                    }
+                    Ok(found) => Ok(found),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
+        let created_namespace = match existing {
+            Some(_) => false,
             None => {
                 let ns: Namespace =
                     serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
