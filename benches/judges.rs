@@ -5,7 +5,9 @@
 //! latency bucket counts (multinomial over Prometheus' default buckets of a
 //! lognormal, median 100 ms, σ 0.5); no per-request simulation. The canary
 //! arm receives `rate` rps; the baseline `rate × (1 − share) / share` rps.
-//! `BENCH_RUNS` overrides the runs per cell (default 2000).
+//! `BENCH_RUNS` overrides the runs per cell (default 2000). For latency
+//! cells canaryd's test before the proportional-odds shift test was added
+//! (the mean of the per-bound e-values alone) is tracked on the same runs.
 
 use std::fmt::Write as _;
 use std::thread;
@@ -14,7 +16,8 @@ use canaryd::judge::classic::{classify, ClassicMetricConfig, Classification};
 use canaryd::judge::grid::LogLik;
 use canaryd::judge::histogram::CheckedHistogram;
 use canaryd::judge::mannwhitney::mann_whitney;
-use canaryd::judge::sequential::{errors_log_e, latency_log_e};
+use canaryd::judge::ordinal;
+use canaryd::judge::sequential::{bounds_log_e, errors_log_e, latency_log_e};
 use canaryd::policy::Direction;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -28,6 +31,10 @@ const LE: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const JUDGES: [&str; 4] = ["canaryd", "LM k=100", "Kayenta-MW", "Flagger"];
+/// Outcomes per run: the four judges, then canaryd's latency test before the
+/// shift test was added (the mean of the per-bound e-values alone).
+const OUTCOMES: usize = 5;
+const BEFORE: usize = 4;
 /// Lindon–Malek prior concentration.
 const LM_K: f64 = 100.0;
 /// Kayenta-style judge settings.
@@ -169,14 +176,20 @@ fn kayenta_high(canary: &[f64], baseline: &[f64]) -> bool {
         == Classification::High
 }
 
-fn run_once(cell: &Cell, rng: &mut StdRng, probs_c: &[f64], probs_b: &[f64]) -> [Outcome; 4] {
-    let mut out = [Outcome::default(); 4];
+fn run_once(
+    cell: &Cell,
+    rng: &mut StdRng,
+    probs_c: &[f64],
+    probs_b: &[f64],
+) -> [Outcome; OUTCOMES] {
+    let mut out = [Outcome::default(); OUTCOMES];
     let lam_c = cell.rate * WINDOW_SECS;
     let lam_b = cell.rate * WINDOW_SECS * (1.0 - cell.share) / cell.share;
     let m = 1 + cell.extra_metrics;
     let latency = !matches!(cell.effect, Effect::Errors(_));
     let mut ll: Vec<LogLik> = vec![LogLik::default(); m];
     let mut ll_lat: Vec<LogLik> = vec![LogLik::default(); LE.len()];
+    let mut shift = LogLik::default();
     let (mut xc, mut xb) = (vec![0.0; m], vec![0.0; m]);
     let mut lat_c = vec![0.0; LE.len() + 1];
     let mut lat_b = vec![0.0; LE.len() + 1];
@@ -194,6 +207,8 @@ fn run_once(cell: &Cell, rng: &mut StdRng, probs_c: &[f64], probs_b: &[f64]) -> 
         if latency {
             let hc = multinomial_cum(rng, nc, probs_c);
             let hb = multinomial_cum(rng, nb, probs_b);
+            // the shift test bets with the earlier windows' pooled histogram
+            ordinal::add_window(&mut shift, &lat_c, &lat_b, &hc, &hb);
             for (acc, v) in lat_c.iter_mut().zip(&hc) {
                 *acc += v;
             }
@@ -254,7 +269,10 @@ fn run_once(cell: &Cell, rng: &mut StdRng, probs_c: &[f64], probs_b: &[f64]) -> 
         };
         // canaryd: mean of the metrics' e-values >= 1/α (one budget).
         let log_e_mean = if latency {
-            latency_log_e(&ll_lat, Direction::Increase)
+            if bounds_log_e(&ll_lat, Direction::Increase) >= (1.0 / ALPHA).ln() {
+                stamp(&mut out[BEFORE]);
+            }
+            latency_log_e(&ll_lat, &shift, Direction::Increase)
         } else {
             let les: Vec<f64> = ll
                 .iter()
@@ -300,14 +318,15 @@ fn run_once(cell: &Cell, rng: &mut StdRng, probs_c: &[f64], probs_b: &[f64]) -> 
         if flagger_failed >= FLAGGER_THRESHOLD {
             stamp(&mut out[3]);
         }
-        if out.iter().all(|o| o.window.is_some()) {
+        let before_done = !latency || out[BEFORE].window.is_some();
+        if before_done && out[..4].iter().all(|o| o.window.is_some()) {
             break;
         }
     }
     out
 }
 
-fn run_cell(cell: Cell, runs: usize, seed: u64) -> Vec<[Outcome; 4]> {
+fn run_cell(cell: Cell, runs: usize, seed: u64) -> Vec<[Outcome; OUTCOMES]> {
     let probs_b = bucket_probs(Effect::Errors(1.0));
     let probs_c = bucket_probs(cell.effect);
     let half = runs / 2;
@@ -368,7 +387,7 @@ struct Summary {
     exposed: f64,
 }
 
-fn summarize(outcomes: &[[Outcome; 4]], judge: usize) -> Summary {
+fn summarize(outcomes: &[[Outcome; OUTCOMES]], judge: usize) -> Summary {
     let runs = outcomes.len();
     let detected: Vec<&Outcome> = outcomes
         .iter()
@@ -536,11 +555,50 @@ fn main() {
     let _ = writeln!(reg, "|---|---|---|---|{}", "---|".repeat(4));
     let _ = writeln!(multi, "| metrics | effect | canaryd FR% [up] or det% · t90 s · ev90 | LM (Bonferroni) FR% [up] or det% · t90 s · ev90 |");
     let _ = writeln!(multi, "|---|---|---|---|");
+    let mut lat = String::new();
+    let _ = writeln!(
+        lat,
+        "| share | rps/arm | effect | before: per-bound mean only | after: with the shift test |"
+    );
+    let _ = writeln!(lat, "|---|---|---|---|---|");
     let mut worst_upper = [0.0f64; 4];
     for (ci, cell) in cells.iter().enumerate() {
         let outcomes = run_cell(*cell, runs, 0x5eed_0000 + ci as u64);
         let is_aa = matches!(cell.effect, Effect::Errors(r) | Effect::Latency(r) if r == 1.0);
         let sums: Vec<Summary> = (0..4).map(|j| summarize(&outcomes, j)).collect();
+        if !matches!(cell.effect, Effect::Errors(_)) {
+            let cols: Vec<String> = [BEFORE, 0]
+                .iter()
+                .map(|&j| {
+                    let s = summarize(&outcomes, j);
+                    if is_aa {
+                        let (_, up) = wilson(s.rollbacks, s.runs);
+                        format!(
+                            "FR {:.2}% [{:.2}]",
+                            100.0 * s.rollbacks as f64 / s.runs as f64,
+                            100.0 * up
+                        )
+                    } else {
+                        format!(
+                            "{:.0}% · {}/{} s · {}/{} ev",
+                            100.0 * s.rollbacks as f64 / s.runs as f64,
+                            fmt_q(s.t50),
+                            fmt_q(s.t90),
+                            fmt_q(s.e50),
+                            fmt_q(s.e90)
+                        )
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                lat,
+                "| {} | {} | {} | {} |",
+                cell.share,
+                cell.rate,
+                effect_name(cell.effect),
+                cols.join(" | ")
+            );
+        }
         let base = if matches!(cell.effect, Effect::Errors(_)) {
             format!("{}%", cell.base_error * 100.0)
         } else {
@@ -643,6 +701,7 @@ fn main() {
             .join(", ")
     );
     println!("## Regressions: detected within 30 min · time to detect p50/p90 (s) · events at detection p50/p90 · canary requests exposed (median of detected)\n\n{reg}");
+    println!("## Latency before/after the shift test (canaryd only; same runs)\n\n{lat}");
     println!("## Cost of more metrics (share 0.5, 10 rps/arm, 1% errors; extra metrics are A/A)\n\n{multi}");
     println!("## Event-granular errors test (share 0.5, a look after every error event, up to {MAX_EVENTS} events)\n");
     println!("| effect | canaryd: FR% [up] or det% · ev50/ev90 | LM k=100: FR% [up] or det% · ev50/ev90 |");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use canaryd::cli::judge_file::parse_document;
 use canaryd::judge::grid::LogLik;
 use canaryd::judge::mannwhitney::{hodges_lehmann, mann_whitney};
-use canaryd::judge::sequential::errors_log_e;
+use canaryd::judge::sequential::{bounds_log_e, errors_log_e, latency_log_e, shift_log_e};
 use canaryd::judge::{evaluate, Decision, Evidence, MetricStatus};
 use canaryd::observation::{ArmValue, Histogram, MetricWindow, Sample, WindowObservation};
 use canaryd::policy::{
@@ -372,6 +372,265 @@ fn latency_shift_is_caught_and_quantiles_reported() {
     let m = &v.metrics[0];
     assert!(m.canary.p50.unwrap() > m.baseline.p50.unwrap());
     assert!(m.canary.p99.unwrap() > m.baseline.p99.unwrap());
+}
+
+/// Prometheus' default finite bucket bounds (seconds).
+const DEFAULT_LE: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn std_normal_cdf(z: f64) -> f64 {
+    0.5 * statrs::function::erf::erfc(-z / std::f64::consts::SQRT_2)
+}
+
+/// Bucket probabilities (finite bounds, then +Inf) of a log-normal latency
+/// with the given median and σ.
+fn lognormal_buckets(median: f64, sigma: f64) -> Vec<f64> {
+    let mut prev = 0.0;
+    let mut p: Vec<f64> = DEFAULT_LE
+        .iter()
+        .map(|b| {
+            let c = std_normal_cdf((b / median).ln() / sigma);
+            let d = c - prev;
+            prev = c;
+            d
+        })
+        .collect();
+    p.push(1.0 - prev);
+    p
+}
+
+/// Cumulative-by-`le` counts of `n` draws from `probs` (multinomial).
+fn draw_histogram(rng: &mut StdRng, n: u64, probs: &[f64]) -> Histogram {
+    let (mut left, mut rest, mut acc) = (n, 1.0, 0u64);
+    let mut counts = Vec::with_capacity(probs.len());
+    for (i, p) in probs.iter().enumerate() {
+        let k = if i + 1 == probs.len() || left == 0 {
+            left
+        } else {
+            Binomial::new(left, (p / rest).clamp(0.0, 1.0))
+                .unwrap()
+                .sample(rng)
+        };
+        left -= k;
+        rest -= p;
+        acc += k;
+        counts.push(acc as f64);
+    }
+    let mut le = DEFAULT_LE.to_vec();
+    le.push(f64::INFINITY);
+    Histogram { le, counts }
+}
+
+/// One latency window: Poisson request counts per arm, multinomial buckets.
+fn latency_window(
+    rng: &mut StdRng,
+    rps: (f64, f64),
+    canary: &[f64],
+    baseline: &[f64],
+) -> WindowObservation {
+    let nc = Poisson::new(rps.0 * 60.0).unwrap().sample(rng) as u64;
+    let nb = Poisson::new(rps.1 * 60.0).unwrap().sample(rng) as u64;
+    WindowObservation {
+        at_secs: 60.0,
+        expected_canary_share: Some(rps.0 / (rps.0 + rps.1)),
+        metrics: vec![MetricWindow {
+            name: "latency".into(),
+            canary: ArmValue::Sample(Sample::Buckets(draw_histogram(rng, nc, canary))),
+            baseline: ArmValue::Sample(Sample::Buckets(draw_histogram(rng, nb, baseline))),
+        }],
+    }
+}
+
+/// Seeded A/A runs (30 windows each) through `Evidence::record`: the share of
+/// runs in which the proportional-odds shift test alone ever reaches `1/a`,
+/// for each `a` in `levels`, and in which the latency metric's combined
+/// e-value ever reaches 20.
+fn a_a_crossings(seed: u64, runs: usize, levels: &[f64]) -> (Vec<usize>, usize, Vec<Vec<f64>>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut crossed = vec![0usize; levels.len()];
+    let mut combined = 0;
+    let mut finals = Vec::with_capacity(runs);
+    for run in 0..runs {
+        // 1 rps/arm at share 0.5; 1 vs 19 rps (share 0.05); and a null whose
+        // latency distribution changes every window for both arms (load).
+        let scenario = run % 3;
+        let rps = if scenario == 1 {
+            (1.0, 19.0)
+        } else {
+            (1.0, 1.0)
+        };
+        let mut ev = Evidence::default();
+        let (mut max_shift, mut max_all) = (0.0f64, 0.0f64);
+        for w in 0..30 {
+            let median = if scenario == 2 {
+                0.1 * (1.0 + 0.8 * ((w % 7) as f64 / 6.0))
+            } else {
+                0.1
+            };
+            let p = lognormal_buckets(median, 0.5);
+            ev.record(&latency_window(&mut rng, rps, &p, &p));
+            let l = ev.metric("latency").unwrap().latency.as_ref().unwrap();
+            max_shift = max_shift.max(shift_log_e(&l.shift, Direction::Increase));
+            max_all = max_all.max(latency_log_e(&l.loglik, &l.shift, Direction::Increase));
+        }
+        for (c, a) in crossed.iter_mut().zip(levels) {
+            if max_shift >= (1.0 / a).ln() {
+                *c += 1;
+            }
+        }
+        if max_all >= 20f64.ln() {
+            combined += 1;
+        }
+        let l = ev.metric("latency").unwrap().latency.as_ref().unwrap();
+        finals.push(l.shift.0.clone());
+    }
+    (crossed, combined, finals)
+}
+
+#[test]
+fn latency_shift_test_is_calibrated_in_a_a_simulation() {
+    // Ville: P(the shift e-process ever reaches 1/a) <= a for every a; the
+    // loose levels (a = 0.5, 0.2) are crossed far more often by a broken
+    // construction (betting with split weight 0.5 instead of the observed
+    // n_c / (n_c + n_b) crosses 1/0.2 in ~40% of these runs). Allowed:
+    // a + 3 binomial standard deviations over 600 runs.
+    let levels = [0.5, 0.2, 0.05];
+    let runs = 600;
+    let (crossed, combined, finals) = a_a_crossings(11, runs, &levels);
+    // A test supermartingale has mean <= 1 at any fixed time: check the
+    // sample mean of E after 30 windows at small log odds ratios (where E
+    // has little variance, so the check is tight), within 3 standard errors.
+    for k in [-4i32, -2, -1, 1, 2, 4] {
+        let i = (24 + k) as usize;
+        let e: Vec<f64> = finals.iter().map(|f| f[i].exp()).collect();
+        let mean = e.iter().sum::<f64>() / e.len() as f64;
+        let var = e.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (e.len() - 1) as f64;
+        let se = (var / e.len() as f64).sqrt();
+        assert!(
+            mean <= 1.0 + 3.0 * se,
+            "mean A/A e-value {mean:.3} (se {se:.3}) at log odds ratio {}",
+            0.125 * f64::from(k)
+        );
+    }
+    for (k, a) in crossed.iter().zip(levels) {
+        let limit = runs as f64 * a + 3.0 * (runs as f64 * a * (1.0 - a)).sqrt();
+        assert!(
+            (*k as f64) <= limit,
+            "shift test crossed 1/{a} in {k} of {runs} A/A runs (limit {limit:.0})"
+        );
+    }
+    // The latency metric as judged (shift and per-bound tests mixed) at α = 0.05.
+    let limit = runs as f64 * 0.05 + 3.0 * (runs as f64 * 0.05 * 0.95).sqrt();
+    assert!(
+        (combined as f64) <= limit,
+        "latency e-value reached 20 in {combined} of {runs} A/A runs"
+    );
+}
+
+#[test]
+fn shift_test_catches_a_ten_percent_slowdown_the_per_bound_tests_miss_at_1_rps() {
+    // 1 rps per arm, share 0.5, latency ×1.1 (log-normal, median 100 ms,
+    // σ 0.5), 30 one-minute windows. The per-bound mean alone (the judge
+    // before the shift test) detects about a third of these runs; with the
+    // shift test about 95%.
+    let a = analysis(vec![spec("latency", latency_kind(), Direction::Increase)]);
+    let (pc, pb) = (lognormal_buckets(0.11, 0.5), lognormal_buckets(0.1, 0.5));
+    let mut rng = StdRng::seed_from_u64(3);
+    let runs = 100;
+    let (mut before, mut after, mut missed_before_caught_after) = (0, 0, 0);
+    for _ in 0..runs {
+        let mut ev = Evidence::default();
+        let (mut old_hit, mut new_hit) = (false, false);
+        for _ in 0..30 {
+            ev.record(&latency_window(&mut rng, (1.0, 1.0), &pc, &pb));
+            let l = ev.metric("latency").unwrap().latency.as_ref().unwrap();
+            old_hit |= bounds_log_e(&l.loglik, Direction::Increase) >= 20f64.ln();
+            if !new_hit && latency_log_e(&l.loglik, &l.shift, Direction::Increase) >= 20f64.ln() {
+                new_hit = true;
+                // The judge itself rolls back and says what carried it.
+                let v = evaluate(&a, &ev);
+                assert_eq!(v.decision, Decision::Rollback, "{}", v.reason);
+                let m = &v.metrics[0];
+                assert_eq!(m.components.len(), 2);
+                assert_eq!(m.components[0].name, "shift");
+                assert!(v.reason.contains("shift test e="), "{}", v.reason);
+            }
+        }
+        before += usize::from(old_hit);
+        after += usize::from(new_hit);
+        missed_before_caught_after += usize::from(new_hit && !old_hit);
+    }
+    assert!(
+        after >= 85,
+        "with the shift test: {after} of {runs} detected"
+    );
+    assert!(
+        before <= 55,
+        "per-bound mean alone: {before} of {runs} detected"
+    );
+    assert!(
+        missed_before_caught_after >= 35,
+        "{missed_before_caught_after} runs caught only with the shift test"
+    );
+}
+
+#[test]
+fn latency_evidence_without_the_shift_field_still_loads_and_judges() {
+    // Evidence written before the shift test existed has no `shift` field:
+    // it loads, the shift test counts as e = 1 and starts with the next window.
+    let a = analysis(vec![spec("latency", latency_kind(), Direction::Increase)]);
+    let mut rng = StdRng::seed_from_u64(5);
+    let p = lognormal_buckets(0.1, 0.5);
+    let mut ev = Evidence::default();
+    ev.record(&latency_window(&mut rng, (10.0, 10.0), &p, &p));
+    let mut json: serde_json::Value = serde_json::to_value(&ev).unwrap();
+    let lat = &mut json["metrics"][0]["latency"];
+    assert!(lat["shift"].as_array().is_some_and(|v| v.len() == 49));
+    lat.as_object_mut().unwrap().remove("shift");
+    let mut old: Evidence = serde_json::from_value(json).unwrap();
+    let l = old.metrics[0].latency.as_ref().unwrap();
+    assert_eq!(shift_log_e(&l.shift, Direction::Increase), 0.0);
+    assert_ne!(evaluate(&a, &old).decision, Decision::Rollback);
+    old.record(&latency_window(&mut rng, (10.0, 10.0), &p, &p));
+    let l = old.metrics[0].latency.as_ref().unwrap();
+    assert_eq!(l.shift.0.len(), 49);
+    let v = evaluate(&a, &old);
+    let names: Vec<&str> = v.metrics[0]
+        .components
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["shift", "bounds"]);
+    // still compact: 11 bounds x 49 + 49 log likelihood ratios
+    let size = serde_json::to_string(&old).unwrap().len();
+    assert!(size < 16_000, "{size} bytes");
+}
+
+#[test]
+fn one_rps_ten_percent_slowdown_fixture_rolls_back_on_the_shift_test() {
+    // 30 windows of ~60 requests per arm, canary latency ×1.1 (log-normal,
+    // median 100 ms vs 110 ms, σ 0.5). The per-bound tests alone stay far
+    // below their threshold; the shift test carries the rollback.
+    let (code, out, _) = judge("latency-shift-1rps.json");
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let m = &v["metrics"][0];
+    assert_eq!(m["status"], "fail");
+    let comps = m["components"].as_array().unwrap();
+    assert_eq!(comps[0]["name"], "shift");
+    assert_eq!(comps[1]["name"], "bounds");
+    let threshold = m["threshold"].as_f64().unwrap();
+    assert!(
+        comps[0]["eValue"].as_f64().unwrap() * 0.3 >= threshold,
+        "{out}"
+    );
+    assert!(comps[1]["eValue"].as_f64().unwrap() < threshold, "{out}");
+    // the common odds ratio of exceeding a bound, and where the gap is
+    let or = comps[0]["estimate"].as_f64().unwrap();
+    assert!(or > 1.1 && or < 2.0, "{or}");
+    assert_eq!(comps[0]["le"].as_f64(), Some(0.1));
+    assert!(v["reason"].as_str().unwrap().contains("shift test e="));
 }
 
 #[test]

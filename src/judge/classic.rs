@@ -450,6 +450,7 @@ fn judge_metric(
         statistic: r.u,
         threshold: 1.0 - confidence,
         boundaries: Vec::new(),
+        components: Vec::new(),
         bounds: bounds_report(spec, m),
         needed: None,
         note: match r.class {

@@ -6,8 +6,10 @@
 //! - [`evaluate`]: the verdict for everything seen so far.
 //!
 //! Sequential mode (default) uses anytime-valid e-processes (see
-//! `docs/judge.md`): errors and latency buckets by a conditional-binomial
-//! mixture martingale, gauges by a sequential sign test, with one
+//! `docs/judge.md`): errors and latency bucket bounds by a
+//! conditional-binomial mixture martingale, latency also by a two-sample
+//! proportional-odds shift e-process over all buckets ([`ordinal`]), gauges
+//! by a sequential sign test, with one
 //! false-rollback budget `alpha` shared by all metrics through e-value
 //! averaging. Classic mode is Kayenta-style Mann-Whitney scoring.
 
@@ -15,6 +17,7 @@ pub mod classic;
 pub mod grid;
 pub mod histogram;
 pub mod mannwhitney;
+pub mod ordinal;
 mod record;
 pub mod report;
 pub mod sequential;
@@ -26,8 +29,8 @@ use crate::policy::{Analysis, JudgeMode};
 
 pub use classic::{ClassicMetricConfig, NanStrategy, OutlierStrategy};
 pub use report::{
-    ArmReport, BoundaryReport, BoundsReport, Interval, MetricReport, MetricStatus, ScoreReport,
-    SrmReport, TrafficNeeded,
+    ArmReport, BoundaryReport, BoundsReport, ComponentReport, Interval, MetricReport, MetricStatus,
+    ScoreReport, SrmReport, TrafficNeeded,
 };
 
 /// What the judge recommends after a window.
@@ -188,6 +191,11 @@ pub struct LatencyEvidence {
     pub baseline: Vec<f64>,
     /// Per finite bound: test of "latency > bound" events.
     pub loglik: Vec<grid::LogLik>,
+    /// Two-sample proportional-odds e-process over all buckets (cumulative
+    /// `ln E` per grid log odds ratio; see [`ordinal`]). Empty in evidence
+    /// recorded before it existed: that test then starts at the next window.
+    #[serde(default)]
+    pub shift: grid::LogLik,
 }
 
 /// Gauge sums and the sequential sign test's state.

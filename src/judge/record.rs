@@ -2,6 +2,7 @@
 
 use super::grid::{bump_weights, LogLik, Side};
 use super::histogram::{self, CheckedHistogram};
+use super::ordinal;
 use super::{
     CountsEvidence, Evidence, GaugeEvidence, LatencyEvidence, MetricEvidence, SeriesPoint,
     MAX_SERIES,
@@ -221,7 +222,17 @@ fn fold_latency(m: &mut MetricEvidence, ch: &CheckedHistogram, bh: &CheckedHisto
         canary: vec![0.0; ch.cumulative.len()],
         baseline: vec![0.0; ch.cumulative.len()],
         loglik: vec![LogLik::default(); ch.le.len()],
+        shift: LogLik::default(),
     });
+    // The proportional-odds test bets with the EARLIER windows' pooled
+    // distribution, so it runs before this window is added to the sums.
+    ordinal::add_window(
+        &mut ev.shift,
+        &ev.canary,
+        &ev.baseline,
+        &ch.cumulative,
+        &bh.cumulative,
+    );
     for (acc, v) in ev.canary.iter_mut().zip(&ch.cumulative) {
         *acc += v;
     }

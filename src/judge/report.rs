@@ -83,6 +83,32 @@ pub struct BoundaryReport {
     pub ratio: Option<f64>,
     /// e-value of this boundary's test.
     pub e_value: f64,
+    /// Estimated odds ratio of exceeding `le` (canary odds / baseline odds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub odds_ratio: Option<f64>,
+}
+
+/// One of the e-processes whose fixed-weight mixture is a latency metric's
+/// e-value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentReport {
+    /// `shift` (proportional-odds test over all buckets) or `bounds` (mean
+    /// of the per-bound exceedance tests).
+    pub name: String,
+    /// Its weight in the metric's e-value.
+    pub weight: f64,
+    /// Its e-value.
+    pub e_value: f64,
+    /// `shift`: estimated common odds ratio of exceeding a bound; `bounds`:
+    /// the exceedance ratio at `le`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<f64>,
+    /// The bound that carried the evidence: `shift`: the largest difference
+    /// between the arms' shares above a bound; `bounds`: the bound with the
+    /// largest e-value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub le: Option<f64>,
 }
 
 /// Absolute per-window bounds check.
@@ -169,6 +195,9 @@ pub struct MetricReport {
     /// Latency: per-boundary tests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boundaries: Vec<BoundaryReport>,
+    /// Latency: the e-processes mixed into `e_value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentReport>,
     /// Absolute bounds, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounds: Option<BoundsReport>,

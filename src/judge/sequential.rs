@@ -13,7 +13,8 @@ use super::grid::{bump_weights, kl_per_event, log_sum_exp, weight_near, LogLik, 
 use super::histogram::CheckedHistogram;
 use super::report::{
     arm_reports, bounds_report, capped_exp, direction_name, fail_broken_bounds, num, opt,
-    srm_report, BoundaryReport, Interval, MetricReport, MetricStatus, TrafficNeeded,
+    srm_report, BoundaryReport, ComponentReport, Interval, MetricReport, MetricStatus,
+    TrafficNeeded,
 };
 use super::{Decision, Evidence, MetricEvidence, Verdict};
 use crate::policy::{Analysis, Direction, MetricKind, MetricSpec};
@@ -25,6 +26,13 @@ pub const ERROR_PRIOR: (f64, f64) = (2.0, 0.6);
 /// Mixture for per-boundary latency exceedance ratios (latency shifts move
 /// exceedance ratios less than error regressions move error rates).
 pub const LATENCY_PRIOR: (f64, f64) = (1.35, 0.45);
+/// Mixture for the latency proportional-odds shift test's common odds ratio
+/// of exceeding a bound (latency ×1.1 of a log-normal with σ 0.5 is about
+/// 1.4, ×1.5 about 3.8).
+pub const SHIFT_PRIOR: (f64, f64) = (1.5, 0.6);
+/// Weight of the shift test in a latency metric's e-value; the mean of the
+/// per-bound tests gets the rest.
+pub const SHIFT_WEIGHT: f64 = 0.3;
 /// Mixture for the gauge sign test's odds that the canary is higher.
 pub const GAUGE_PRIOR: (f64, f64) = (4.0, 0.6);
 
@@ -32,7 +40,7 @@ pub const GAUGE_PRIOR: (f64, f64) = (4.0, 0.6);
 pub const ERRORS_TEST: &str = "conditional binomial mixture e-process (error rate ratio)";
 /// Latency test name.
 pub const LATENCY_TEST: &str =
-    "conditional binomial mixture e-process per bucket bound (P(latency > le) ratio), averaged";
+    "proportional-odds shift e-process over all buckets (weight 0.3) + mean of conditional binomial mixture e-processes per bucket bound (P(latency > le) ratio, weight 0.7)";
 /// Gauge test name.
 pub const GAUGE_TEST: &str =
     "sequential sign test mixture e-process (per-window canary vs baseline)";
@@ -56,13 +64,29 @@ pub fn errors_log_e(loglik: &LogLik, direction: Direction) -> f64 {
     loglik.log_e(&weights_for(ERROR_PRIOR, direction))
 }
 
-/// `ln e` of a latency test: the mean of the per-bound e-values.
-pub fn latency_log_e(per_bound: &[LogLik], direction: Direction) -> f64 {
+/// `ln e` of the mean of the per-bound e-values (0 without bounds).
+pub fn bounds_log_e(per_bound: &[LogLik], direction: Direction) -> f64 {
     if per_bound.is_empty() {
         return 0.0;
     }
     let w = weights_for(LATENCY_PRIOR, direction);
     log_sum_exp(per_bound.iter().map(|l| l.log_e(&w))) - (per_bound.len() as f64).ln()
+}
+
+/// `ln e` of the proportional-odds shift test (0 before any window).
+pub fn shift_log_e(shift: &LogLik, direction: Direction) -> f64 {
+    shift.log_e(&weights_for(SHIFT_PRIOR, direction))
+}
+
+/// `ln e` of a latency test: `SHIFT_WEIGHT` × the shift test's e-value plus
+/// the rest × the mean of the per-bound e-values (a fixed convex combination
+/// of e-processes is an e-process).
+pub fn latency_log_e(per_bound: &[LogLik], shift: &LogLik, direction: Direction) -> f64 {
+    let parts = [
+        (1.0 - SHIFT_WEIGHT).ln() + bounds_log_e(per_bound, direction),
+        SHIFT_WEIGHT.ln() + shift_log_e(shift, direction),
+    ];
+    log_sum_exp(parts.into_iter())
 }
 
 /// Per-metric outcome before the rollout-level decision.
@@ -236,6 +260,7 @@ fn base_report(
         statistic: None,
         threshold: 1.0 / alpha_i,
         boundaries: Vec::new(),
+        components: Vec::new(),
         bounds: bounds_report(spec, m),
         needed: None,
         note: m.and_then(|m| m.last_problem.clone()),
@@ -436,7 +461,11 @@ fn judge_latency(
     };
     let weights = weights_for(LATENCY_PRIOR, spec.direction);
     let per: Vec<f64> = l.loglik.iter().map(|x| x.log_e(&weights)).collect();
-    let log_e = latency_log_e(&l.loglik, spec.direction);
+    let log_e = latency_log_e(&l.loglik, &l.shift, spec.direction);
+    let (bounds_e, shift_e) = (
+        bounds_log_e(&l.loglik, spec.direction),
+        shift_log_e(&l.shift, spec.direction),
+    );
     let canary = CheckedHistogram {
         le: l.le.clone(),
         cumulative: l.canary.clone(),
@@ -452,12 +481,14 @@ fn judge_latency(
             .map(|(i, le)| {
                 let ca = if ct > 0.0 { canary.above(i) / ct } else { 0.0 };
                 let ba = if bt > 0.0 { base.above(i) / bt } else { 0.0 };
+                let odds = |p: f64| p / (1.0 - p);
                 BoundaryReport {
                     le: *le,
                     canary_above: ca,
                     baseline_above: ba,
                     ratio: (ba > 0.0).then(|| ca / ba),
                     e_value: capped_exp(per.get(i).copied().unwrap_or(0.0)),
+                    odds_ratio: (ba > 0.0 && ba < 1.0 && ca < 1.0).then(|| odds(ca) / odds(ba)),
                 }
             })
             .collect();
@@ -471,7 +502,9 @@ fn judge_latency(
     let mut nw = ct > 0.0 && bt > 0.0;
     let mut best_needed: Option<(f64, f64, f64, f64)> = None;
     let share = if ct + bt > 0.0 { ct / (ct + bt) } else { 0.5 };
-    let log_thr = (1.0 / alpha_i).ln() + (l.le.len().max(1) as f64).ln();
+    // The per-bound tests share 1 − SHIFT_WEIGHT of the metric's e-value.
+    let log_thr =
+        (1.0 / alpha_i).ln() + (l.le.len().max(1) as f64).ln() - (1.0 - SHIFT_WEIGHT).ln();
     for (i, le) in l.le.iter().enumerate() {
         let pooled = if ct + bt > 0.0 {
             (canary.above(i) + base.above(i)) / (ct + bt)
@@ -505,6 +538,41 @@ fn judge_latency(
         report.interval = Some(anytime_interval(lo, hi, alpha_i));
     }
     report.e_value = Some(capped_exp(log_e));
+    // Where the canary's share above a bound differs most from the
+    // baseline's (in the regression direction): what drives the rank-type
+    // shift test.
+    let shift_le = report
+        .boundaries
+        .iter()
+        .map(|b| {
+            let d = b.canary_above - b.baseline_above;
+            let d = match spec.direction {
+                Direction::Increase => d,
+                Direction::Decrease => -d,
+                Direction::Either => d.abs(),
+            };
+            (b.le, d)
+        })
+        .filter(|(_, d)| *d > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(le, _)| le);
+    let shift_estimate = l.shift.mle();
+    report.components = vec![
+        ComponentReport {
+            name: "shift".into(),
+            weight: SHIFT_WEIGHT,
+            e_value: capped_exp(shift_e),
+            estimate: shift_estimate,
+            le: shift_le,
+        },
+        ComponentReport {
+            name: "bounds".into(),
+            weight: 1.0 - SHIFT_WEIGHT,
+            e_value: capped_exp(bounds_e),
+            estimate: report.estimate,
+            le: best.and_then(|i| l.le.get(i).copied()),
+        },
+    ];
     if nw {
         report.status = MetricStatus::NoWorse;
     }
@@ -529,10 +597,15 @@ fn judge_latency(
         None => no_estimate(effect, "no bucket bound splits the traffic 5%..95% yet"),
     });
     let summary = format!(
-        "{}: e={}/{} p50 {} vs {}, p90 {} vs {}, p99 {} vs {} (canary vs baseline, n {} vs {})",
+        "{}: e={}/{} (shift test e={}, common odds ratio {}, largest gap at le={}; per-bound mean e={}, strongest le={}) p50 {} vs {}, p90 {} vs {}, p99 {} vs {} (canary vs baseline, n {} vs {})",
         spec.name,
         num(capped_exp(log_e)),
         num(1.0 / alpha_i),
+        num(capped_exp(shift_e)),
+        opt(shift_estimate),
+        opt(shift_le),
+        num(capped_exp(bounds_e)),
+        opt(best.and_then(|i| l.le.get(i).copied())),
         opt(report.canary.p50),
         opt(report.baseline.p50),
         opt(report.canary.p90),
