@@ -13,6 +13,7 @@ pub mod demo_pods;
 pub mod judge;
 pub mod lease;
 pub mod metrics;
+pub mod notify;
 pub mod observation;
 pub mod policy;
 pub mod reload;

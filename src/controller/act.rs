@@ -272,13 +272,7 @@ pub async fn publish(
         regarding: Some(regarding),
         reporting_controller: Some(REPORTER.to_string()),
         reporting_instance: Some(ctx.identity.clone()),
-        type_: Some(
-            match kind {
-                EventKind::Normal => "Normal",
-                EventKind::Warning => "Warning",
-            }
-            .to_string(),
-        ),
+        type_: Some(kind.as_str().to_string()),
         ..K8sEvent::default()
     };
     let api: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -290,4 +284,29 @@ pub async fn publish(
         };
         tracing::warn!(error = %err, "Event not published.");
     }
+    notify(ctx, d, kind, reason, message);
+}
+
+/// Posts the Event to the policy's notification receivers in the background,
+/// so a slow receiver never holds up the pass.
+fn notify(
+    ctx: &Context,
+    d: &k8s_openapi::api::apps::v1::Deployment,
+    kind: EventKind,
+    reason: &str,
+    message: &str,
+) {
+    let Some(policy) = ctx.policy_for(d).filter(|p| !p.notifications.is_empty()) else {
+        return;
+    };
+    let kind = kind.as_str();
+    let (reason, message) = (reason.to_string(), message.to_string());
+    tokio::spawn(async move {
+        let note = crate::notify::RolloutNote {
+            kind,
+            reason: &reason,
+            message: &message,
+        };
+        crate::notify::post_all(crate::notify::client(), &policy, &note).await;
+    });
 }

@@ -13,6 +13,16 @@ pub enum EventKind {
     Warning,
 }
 
+impl EventKind {
+    /// The Kubernetes Event `type` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        }
+    }
+}
+
 /// Event reason: one per kind of transition, so events can be filtered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Reason {
