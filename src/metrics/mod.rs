@@ -25,7 +25,10 @@ pub use prometheus::{
     PrometheusSource, SourceOptions, CONNECT_TIMEOUT, EVAL_TIMEOUT, INITIAL_BACKOFF, MAX_ATTEMPTS,
     QUERY_TIMEOUT, READY_TIMEOUT,
 };
-pub use query::{batched_query, parse_batched, promql_duration, render, ARM_LABEL, PART_LABEL};
+pub use query::{
+    batched_query, expand_window_increase, parse_batched, promql_duration, render, window_increase,
+    ARM_LABEL, PART_LABEL, WINDOW_INCREASE_LOOKBACK, WINDOW_INCREASE_STEP,
+};
 
 /// Alphabet Kubernetes uses for ReplicaSet pod-template hashes and pod-name
 /// suffixes (`k8s.io/apimachinery/pkg/util/rand`): no vowels, so it can never

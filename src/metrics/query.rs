@@ -6,6 +6,9 @@
 //! [`PART_LABEL`] (`errors`/`total`); the wrapped terms are joined with `or`.
 //! Because the added labels differ, `or` keeps every term's series, so one
 //! instant query returns both arms (and both parts) at once.
+//!
+//! Before that, every `window_increase(SELECTOR)` in a rendered template is
+//! expanded into [`window_increase`]: the exact per-window counter increase.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +16,9 @@ use std::time::Duration;
 use prometheus_http_query::response::{Data, InstantVector};
 
 use crate::observation::{ArmValue, Histogram, Sample};
-use crate::policy::{MetricKind, MetricSpec, Policy, Template, TemplateVars};
+use crate::policy::{
+    window_increase_calls, MetricKind, MetricSpec, Policy, Template, TemplateVars,
+};
 
 use super::{pod_regex, MetricsError, Role};
 
@@ -35,18 +40,79 @@ pub fn promql_duration(d: Duration) -> String {
     }
 }
 
-/// Renders `template` for `role`'s pods of `policy`'s deployment over `window`.
+/// Evaluation step of [`window_increase`]'s subquery: at most one scrape
+/// per step for any scrape interval of 1 s or more.
+pub const WINDOW_INCREASE_STEP: &str = "1s";
+/// How far back [`window_increase`] looks for a series' previous sample
+/// (Prometheus' default lookback delta). A series with no sample in this
+/// long before a step starts there: that sample is its reference.
+pub const WINDOW_INCREASE_LOOKBACK: &str = "5m";
+
+/// The exact increase of every series of `selector` over the window
+/// `(end - window, end]` when evaluated at `end`: the expansion of
+/// `window_increase(selector)`.
+///
+/// A subquery steps through the window every [`WINDOW_INCREASE_STEP`]. At
+/// step `t`, `cur` is the series' last sample in the second up to `t`
+/// (absent when none was scraped then) and `prev` its last sample before
+/// that, within [`WINDOW_INCREASE_LOOKBACK`] (`last_over_time` skips
+/// staleness markers). The step adds `cur - prev`, or `cur` itself when that
+/// is negative (a counter reset: the process restarted from zero), and
+/// nothing without a `prev` (a new series' first sample is its reference, as
+/// for `increase`: a new pod's requests before its first scrape are not
+/// placed in a window they may not belong to). The steps tile the window, so
+/// without resets the sum telescopes to "last sample in the window minus
+/// last sample before it": no extrapolation, and consecutive windows neither
+/// overlap nor leave gaps. A vanished pod keeps what it was scraped with
+/// before it vanished; a scrape gap (staleness markers) is bridged.
+///
+/// `cur * 1` drops the metric name (as the subtraction does), so a series
+/// keeps one label set across steps. The subquery range is one millisecond
+/// short of the window because Prometheus 2 ranges include their start.
+pub fn window_increase(selector: &str, window: Duration) -> String {
+    let range = promql_duration(
+        window
+            .saturating_sub(Duration::from_millis(1))
+            .max(Duration::from_millis(1)),
+    );
+    let (step, lookback) = (WINDOW_INCREASE_STEP, WINDOW_INCREASE_LOOKBACK);
+    let cur = format!("last_over_time({selector}[{step}])");
+    let prev = format!("last_over_time({selector}[{lookback}] offset {step})");
+    format!("sum_over_time((({cur} - {prev}) >= 0 or {cur} * 1 and {prev})[{range}:{step}])")
+}
+
+/// Replaces every `window_increase(SELECTOR)` in `query` with
+/// [`window_increase`] over `window`. A malformed call (rejected when the
+/// policy is loaded) is left as written, for Prometheus to report.
+pub fn expand_window_increase(query: &str, window: Duration) -> String {
+    let Ok(calls) = window_increase_calls(query) else {
+        return query.to_owned();
+    };
+    let mut out = String::with_capacity(query.len());
+    let mut done = 0;
+    for call in calls {
+        out.push_str(&query[done..call.call.start]);
+        out.push_str(&window_increase(&query[call.selector], window));
+        done = call.call.end;
+    }
+    out.push_str(&query[done..]);
+    out
+}
+
+/// Renders `template` for `role`'s pods of `policy`'s deployment over
+/// `window`, with `window_increase(...)` expanded.
 pub fn render(template: &Template, policy: &Policy, role: Role, window: Duration) -> String {
     let regex = pod_regex(&policy.deployment, role);
-    let window = promql_duration(window);
-    template.render(&TemplateVars {
+    let length = promql_duration(window);
+    let query = template.render(&TemplateVars {
         namespace: &policy.namespace,
         service: &policy.service,
         deployment: &policy.deployment,
         role: role.as_str(),
         pod_regex: &regex,
-        window: &window,
-    })
+        window: &length,
+    });
+    expand_window_increase(&query, window)
 }
 
 fn tagged(expr: &str, label: &str, value: &str) -> String {
@@ -224,8 +290,9 @@ fn buckets(metric: &str, role: Role, series: &[&InstantVector]) -> Result<Histog
     if by_le.last().map(|b| b.0) != Some(f64::INFINITY) {
         return Err(bad("no le=\"+Inf\" bucket".into()));
     }
-    // `increase` extrapolates each bucket on its own, which can leave a
-    // bucket a hair below the one before it; cumulative counts never shrink.
+    // `window_increase` counts are exact, but a template using `increase`
+    // extrapolates each bucket on its own, which can leave a bucket a hair
+    // below the one before it; cumulative counts never shrink.
     let mut running = 0.0_f64;
     let (le, counts) = by_le
         .into_iter()
@@ -322,6 +389,52 @@ mod tests {
                 pod_regex("web", Role::Canary)
             )
         );
+    }
+
+    #[test]
+    fn window_increase_expands_to_an_exact_subquery() {
+        assert_eq!(
+            window_increase(r#"x{pod=~"a"}"#, Duration::from_secs(60)),
+            r#"sum_over_time(((last_over_time(x{pod=~"a"}[1s]) - last_over_time(x{pod=~"a"}[5m] offset 1s)) >= 0 or last_over_time(x{pod=~"a"}[1s]) * 1 and last_over_time(x{pod=~"a"}[5m] offset 1s))[59999ms:1s])"#
+        );
+        assert!(window_increase("x", Duration::from_secs(5)).ends_with("[4999ms:1s])"));
+    }
+
+    #[test]
+    fn only_window_increase_calls_are_expanded() {
+        let w = Duration::from_secs(10);
+        let x = window_increase(r#"x{a="window_increase(y)"}"#, w);
+        let z = window_increase("z", w);
+        assert_eq!(
+            expand_window_increase(
+                r#"sum(window_increase(x{a="window_increase(y)"})) / sum(window_increase ( z )) + window_increase_total + window_increase"#,
+                w
+            ),
+            format!("sum({x}) / sum({z}) + window_increase_total + window_increase")
+        );
+        // Malformed calls are left for Prometheus to reject.
+        for bad in [
+            "sum(window_increase(x[1m]))",
+            "window_increase(x",
+            "window_increase(rate(x[1m]))",
+        ] {
+            assert_eq!(expand_window_increase(bad, w), bad);
+        }
+    }
+
+    #[test]
+    fn default_metrics_render_without_the_helper() {
+        let mut p = policy_with(errors_kind());
+        p.analysis.metrics = default_metrics();
+        for spec in &p.analysis.metrics {
+            let q = batched_query(&p, spec, Role::Baseline, Duration::from_secs(60));
+            assert!(!q.contains("window_increase") && !q.contains("{{"), "{q}");
+            assert!(
+                q.contains("[59999ms:1s]") && !q.contains("increase("),
+                "{q}"
+            );
+            assert!(q.contains(&pod_regex("web", Role::Canary)), "{q}");
+        }
     }
 
     #[test]

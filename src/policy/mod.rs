@@ -15,9 +15,13 @@ mod values;
 pub use error::{PolicyError, PolicyErrors};
 pub use load::{load_file, load_paths, parse_str, MAX_POLICY_BYTES};
 pub use types::*;
+pub use values::{window_increase_calls, WindowIncreaseCall, WINDOW_INCREASE};
 
 /// The metrics judged when a policy omits `analysis.metrics`: the 5xx error
 /// ratio (critical) and the request latency histogram, per pod role.
+///
+/// Counts use [`WINDOW_INCREASE`], so they are the exact number of requests
+/// scraped within each window (Prometheus' `increase` would extrapolate).
 pub fn default_metrics() -> Vec<MetricSpec> {
     let sel = r#"namespace="{{namespace}}",pod=~"{{podRegex}}""#;
     vec![
@@ -25,10 +29,10 @@ pub fn default_metrics() -> Vec<MetricSpec> {
             name: "errors".into(),
             kind: MetricKind::Errors {
                 errors: Template(format!(
-                    r#"sum(increase(http_requests_total{{{sel},code=~"5.."}}[{{{{window}}}}]))"#
+                    r#"sum({WINDOW_INCREASE}(http_requests_total{{{sel},code=~"5.."}}))"#
                 )),
                 total: Template(format!(
-                    "sum(increase(http_requests_total{{{sel}}}[{{{{window}}}}]))"
+                    "sum({WINDOW_INCREASE}(http_requests_total{{{sel}}}))"
                 )),
             },
             direction: Direction::Increase,
@@ -41,7 +45,7 @@ pub fn default_metrics() -> Vec<MetricSpec> {
             name: "latency".into(),
             kind: MetricKind::Latency {
                 buckets: Template(format!(
-                    "sum by (le) (increase(http_request_duration_seconds_bucket{{{sel}}}[{{{{window}}}}]))"
+                    "sum by (le) ({WINDOW_INCREASE}(http_request_duration_seconds_bucket{{{sel}}}))"
                 )),
             },
             direction: Direction::Increase,
@@ -68,21 +72,27 @@ mod tests {
         };
         assert_eq!(
             errors.0,
-            r#"sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}[{{window}}]))"#
+            r#"sum(window_increase(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}",code=~"5.."}))"#
         );
         assert_eq!(
             total.0,
-            r#"sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}[{{window}}]))"#
+            r#"sum(window_increase(http_requests_total{namespace="{{namespace}}",pod=~"{{podRegex}}"}))"#
         );
         let MetricKind::Latency { buckets } = &m[1].kind else {
             panic!("latency metric expected");
         };
         assert_eq!(
             buckets.0,
-            r#"sum by (le) (increase(http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{podRegex}}"}[{{window}}]))"#
+            r#"sum by (le) (window_increase(http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{podRegex}}"}))"#
         );
         for t in [errors, total, buckets] {
             assert!(values::check_template(&t.0).is_empty(), "{}", t.0);
+            assert_eq!(
+                window_increase_calls(&t.0).map(|c| c.len()),
+                Ok(1),
+                "{}",
+                t.0
+            );
         }
         assert!(m[0].critical && !m[1].critical);
         assert_eq!((m[0].min_effect, m[1].min_effect), (0.5, 0.1));

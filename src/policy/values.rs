@@ -204,7 +204,165 @@ pub(crate) fn check_template(t: &str) -> Vec<String> {
                 .to_owned(),
         );
     }
+    if let Err(e) = window_increase_calls(t) {
+        problems.push(e);
+    }
     problems
+}
+
+/// canaryd's pseudo-function in query templates: `window_increase(SELECTOR)`
+/// is replaced, when the query is rendered, by the exact increase of every
+/// selected counter over the observation window (no extrapolation; counter
+/// resets, new and vanished series handled). See `docs/metrics.md`.
+pub const WINDOW_INCREASE: &str = "window_increase";
+
+/// One `window_increase(SELECTOR)` call found in a query, as byte ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowIncreaseCall {
+    /// The whole call, from `window_increase` to its closing `)`.
+    pub call: std::ops::Range<usize>,
+    /// The selector between the parentheses, without surrounding spaces.
+    pub selector: std::ops::Range<usize>,
+}
+
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b':'
+}
+
+/// The index just past the string literal opening at `start` (PromQL `"…"`
+/// and `'…'` with backslash escapes, raw `` `…` ``), or the end of `s`.
+fn skip_string(s: &[u8], start: usize) -> usize {
+    let quote = s[start];
+    let mut i = start + 1;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if quote != b'`' => i += 2,
+            b if b == quote => return i + 1,
+            _ => i += 1,
+        }
+    }
+    s.len()
+}
+
+/// The index of the bracket closing the one at `open`, skipping strings and
+/// comments; `None` if it is never closed or closed by the wrong kind.
+fn matching_close(s: &[u8], open: usize) -> Option<usize> {
+    let mut stack = vec![s[open]];
+    let mut i = open + 1;
+    while i < s.len() {
+        match s[i] {
+            b'"' | b'\'' | b'`' => {
+                i = skip_string(s, i);
+                continue;
+            }
+            b'#' => {
+                while i < s.len() && s[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b @ (b'(' | b'{' | b'[') => stack.push(b),
+            b @ (b')' | b'}' | b']') => {
+                let want = match stack.pop()? {
+                    b'(' => b')',
+                    b'{' => b'}',
+                    _ => b']',
+                };
+                if b != want {
+                    return None;
+                }
+                if stack.is_empty() {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether `sel` is a plain instant-vector selector: `name`, `name{…}` or `{…}`.
+fn is_selector(sel: &str) -> bool {
+    let b = sel.as_bytes();
+    let name = b.iter().take_while(|c| is_ident_byte(**c)).count();
+    if name > 0 && b[0].is_ascii_digit() {
+        return false;
+    }
+    let rest = sel[name..].trim_start();
+    if rest.is_empty() {
+        return name > 0;
+    }
+    let r = rest.as_bytes();
+    r[0] == b'{' && matching_close(r, 0) == Some(r.len() - 1)
+}
+
+/// Every `window_increase(SELECTOR)` call in `query`, in order, skipping
+/// string literals and comments. An identifier `window_increase` not
+/// followed by `(` (a metric of that name) is not a call.
+///
+/// Err: the message for the first malformed call.
+pub fn window_increase_calls(query: &str) -> Result<Vec<WindowIncreaseCall>, String> {
+    let s = query.as_bytes();
+    let name = WINDOW_INCREASE.as_bytes();
+    let mut calls = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'"' | b'\'' | b'`' => {
+                i = skip_string(s, i);
+                continue;
+            }
+            b'#' => {
+                while i < s.len() && s[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let at_word = i == 0 || !is_ident_byte(s[i - 1]);
+        if !(at_word && s[i..].starts_with(name)) {
+            i += 1;
+            continue;
+        }
+        let after = i + name.len();
+        if s.get(after).copied().is_some_and(is_ident_byte) {
+            i = after;
+            continue;
+        }
+        let open = after
+            + s[after..]
+                .iter()
+                .take_while(|c| c.is_ascii_whitespace())
+                .count();
+        if s.get(open) != Some(&b'(') {
+            i = after;
+            continue;
+        }
+        let close = matching_close(s, open)
+            .ok_or_else(|| format!("{WINDOW_INCREASE}( is never closed in {:?}", &query[i..]))?;
+        let inner = &query[open + 1..close];
+        let sel = inner.trim();
+        if !is_selector(sel) {
+            let hint = if sel.ends_with(']') {
+                "; it always covers the observation window, so write it without a range such as [{{window}}]"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "{WINDOW_INCREASE}(...) takes one counter selector such as \
+                 http_requests_total{{pod=~\"{{{{podRegex}}}}\"}}, found {sel:?}{hint}"
+            ));
+        }
+        let lead = inner.len() - inner.trim_start().len();
+        calls.push(WindowIncreaseCall {
+            call: i..close + 1,
+            selector: open + 1 + lead..open + 1 + lead + sel.len(),
+        });
+        i = close + 1;
+    }
+    Ok(calls)
 }
 
 pub(crate) const MATCHER_HINT: &str =
@@ -425,6 +583,56 @@ mod tests {
             check_template("  "),
             vec!["expected a PromQL query, found an empty string"]
         );
+    }
+
+    #[test]
+    fn window_increase_calls_are_found_outside_strings() {
+        let q = r#"sum(window_increase(x{p=~"{{podRegex}}",c="window_increase(y)"})) # window_increase(
+            / sum(window_increase ( {__name__="y"} )) + window_increase_total"#;
+        let calls = window_increase_calls(q).unwrap();
+        let sels: Vec<&str> = calls.iter().map(|c| &q[c.selector.clone()]).collect();
+        assert_eq!(
+            sels,
+            [
+                r#"x{p=~"{{podRegex}}",c="window_increase(y)"}"#,
+                r#"{__name__="y"}"#
+            ]
+        );
+        assert!(q[calls[1].call.clone()].starts_with("window_increase ("));
+        assert!(q[calls[1].call.clone()].ends_with(')'));
+        assert_eq!(window_increase_calls("window_increase + 1"), Ok(vec![]));
+    }
+
+    #[test]
+    fn window_increase_takes_only_a_selector() {
+        let msg = |found: &str, hint: &str| {
+            format!(
+                r#"window_increase(...) takes one counter selector such as http_requests_total{{pod=~"{{{{podRegex}}}}"}}, found {found:?}{hint}"#
+            )
+        };
+        let range = "; it always covers the observation window, so write it without a range such as [{{window}}]";
+        let t = r#"sum(window_increase(x{pod=~"{{podRegex}}"}[{{window}}]))"#;
+        assert_eq!(
+            check_template(t),
+            vec![msg(r#"x{pod=~"{{podRegex}}"}[{{window}}]"#, range)]
+        );
+        for (arg, hint) in [
+            ("rate(x[1m])", ""),
+            ("", ""),
+            ("x offset 1m", ""),
+            ("1x", ""),
+            ("x{a=\"b\"} y", ""),
+        ] {
+            let t = format!(r#"window_increase({arg}) + up{{role="{{{{role}}}}"}}"#);
+            assert_eq!(check_template(&t), vec![msg(arg, hint)], "{t}");
+        }
+        assert_eq!(
+            check_template(r#"sum(window_increase(x{pod=~"{{podRegex}}"}"#),
+            vec![
+                r#"window_increase( is never closed in "window_increase(x{pod=~\"{{podRegex}}\"}""#
+            ]
+        );
+        assert!(check_template(r#"sum(window_increase(x{pod=~"{{podRegex}}"}))"#).is_empty());
     }
 
     #[test]
