@@ -4,7 +4,7 @@
 //! in a bad direction and the mean ratio exceeds the allowed change. Metrics
 //! form weighted groups; the score is the weighted share of passing metrics.
 //! Repeated classic judging does NOT control false rollbacks over time (see
-//! `docs/bench-judge.md`); it exists for teams migrating from Kayenta.
+//! `docs/benchmarks.md`); it exists for teams migrating from Kayenta.
 
 use super::mannwhitney::{hodges_lehmann, mann_whitney};
 use super::report::{

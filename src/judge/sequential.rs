@@ -21,7 +21,7 @@ use crate::policy::{Analysis, Direction, MetricKind, MetricSpec};
 
 /// Mixture centre (ratio) and spread (in `ln ρ`) for error-rate tests: most
 /// mass on ratios 1.3–3.5 with tails reaching 1.13 and 20; tuned by
-/// simulation for ×1.5, ×2 and ×5 regressions (docs/bench-judge.md).
+/// simulation for ×1.5, ×2 and ×5 regressions (docs/benchmarks.md).
 pub const ERROR_PRIOR: (f64, f64) = (2.0, 0.6);
 /// Mixture for per-boundary latency exceedance ratios (latency shifts move
 /// exceedance ratios less than error regressions move error rates).
