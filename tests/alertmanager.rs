@@ -14,6 +14,8 @@ mod prom;
 mod alertmanager;
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/pods.rs"]
 mod pods;
 
@@ -28,6 +30,7 @@ use canaryd::demo::{self, AppConfig, LoadConfig};
 use canaryd::policy::{self, Policy, PrometheusConfig};
 use canaryd::server::{self, ServerState};
 use canaryd::telemetry::Metrics;
+use daemon::{state_of, write_policies, Daemon, DaemonOptions};
 use prom::Target;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -395,73 +398,6 @@ const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 /// Blue-green policy with `{ns}` and `{prom}` to fill in.
 const BLUE_GREEN_POLICY: &str = include_str!("fixtures/daemon/blue-green.yaml");
 
-/// `canaryd run` as a child process; killed on drop.
-struct Daemon {
-    child: Option<std::process::Child>,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(policies: &Path, namespace: &str, token_file: &Path, log_dir: &Path) -> Daemon {
-        let port = prom::free_port();
-        let log = log_dir.join("canaryd.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
-            .arg("run")
-            .arg("--policies")
-            .arg(policies)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--lease-namespace")
-            .arg(namespace)
-            .arg("--identity")
-            .arg("alerts-e2e")
-            .arg("--alert-token-file")
-            .arg(token_file)
-            .env(
-                "KUBECONFIG",
-                cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
-            )
-            .env("CANARYD_LOG", "info,canaryd=debug")
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start canaryd run");
-        Daemon {
-            child: Some(child),
-            port,
-            log,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn play(pod: &k8s_openapi::api::core::v1::Pod) -> Option<pods::Behaviour> {
     let version = match pods::image_of(pod).as_str() {
         V1 => "v1",
@@ -473,12 +409,6 @@ fn play(pod: &k8s_openapi::api::core::v1::Pod) -> Option<pods::Behaviour> {
         error_rate: 0.0,
         latency_ms: 20,
     })
-}
-
-fn state_of(d: &k8s_openapi::api::apps::v1::Deployment) -> canaryd::rollout::RolloutState {
-    canaryd::target::annotation(d, canaryd::target::STATE_ANNOTATION)
-        .map(|t| canaryd::rollout::RolloutState::from_json(t).expect("valid state"))
-        .unwrap_or_default()
 }
 
 async fn selector_version(services: &kube::Api<k8s_openapi::api::core::v1::Service>) -> String {
@@ -527,18 +457,25 @@ async fn canaryd_run_switches_blue_green_back_when_a_real_alert_fires() {
     ns.create_service("web", serde_json::json!({"app": "web", "version": "v1"}))
         .await;
 
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    std::fs::write(
-        policies.join("web.yaml"),
-        BLUE_GREEN_POLICY
+    let policies = write_policies(
+        dir.path().join("policies"),
+        "web.yaml",
+        &BLUE_GREEN_POLICY
             .replace("{ns}", ns.name())
             .replace("{prom}", &analysis.url()),
-    )
-    .unwrap();
+    );
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let daemon = Daemon::start(&policies, ns.name(), &token_file, dir.path());
+    let daemon = Daemon::start(&DaemonOptions {
+        policies: &policies,
+        kubeconfig: cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
+        lease_namespace: ns.name(),
+        lease_name: None,
+        identity: "alerts-e2e",
+        token_file: Some(&token_file),
+        json_log: false,
+        log_dir: dir.path(),
+    });
     cluster::wait_until(DAEMON_TIMEOUT, "web adopted", || async {
         let d = deployments.get("web").await.map_err(|e| e.to_string())?;
         if canaryd::target::is_paused(&d)
@@ -650,12 +587,7 @@ async fn canaryd_run_switches_blue_green_back_when_a_real_alert_fires() {
         });
     let note = rollback.note.clone().unwrap_or_default();
     assert!(note.contains("HighErrorRate"), "{note}");
-    let rollouts: serde_json::Value = reqwest::get(format!("{}/v1/rollouts", daemon.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rollouts = daemon.board().await;
     assert_eq!(rollouts["policyErrors"], serde_json::json!([]));
 
     load.abort();

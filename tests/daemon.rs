@@ -7,21 +7,24 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/pods.rs"]
 mod pods;
 #[path = "support/prom.rs"]
 mod prom;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use canaryd::rollout::{Phase, RolloutState};
+use canaryd::rollout::Phase;
 use canaryd::router::httproute_resource;
 use canaryd::target::{self, ROLE_LABEL};
 use cluster::{image, wait_until, TestNamespace};
+use daemon::{state_of, tail, write_policies, Daemon, DaemonOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -48,65 +51,7 @@ const TOKEN: &str = "test-alert-token";
 
 // ---- the daemon process ------------------------------------------------------
 
-struct Daemon {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-    identity: String,
-}
-
-struct DaemonOptions<'a> {
-    policies: &'a Path,
-    kubeconfig: PathBuf,
-    lease_namespace: &'a str,
-    identity: &'a str,
-    token_file: Option<&'a Path>,
-    log_dir: &'a Path,
-}
-
 impl Daemon {
-    fn start(o: &DaemonOptions) -> Daemon {
-        let port = prom::free_port();
-        let log = o.log_dir.join(format!("canaryd-{}-{port}.log", o.identity));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_canaryd"));
-        cmd.arg("run")
-            .arg("--policies")
-            .arg(o.policies)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--lease-namespace")
-            .arg(o.lease_namespace)
-            .arg("--identity")
-            .arg(o.identity)
-            .env("KUBECONFIG", &o.kubeconfig)
-            .env("CANARYD_LOG", "info,canaryd=debug")
-            .env("CANARYD_LOG_FORMAT", "json")
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        if let Some(t) = o.token_file {
-            cmd.arg("--alert-token-file").arg(t);
-        }
-        let child = cmd.spawn().expect("start canaryd run");
-        Daemon {
-            child: Some(child),
-            port,
-            log,
-            identity: o.identity.to_string(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     async fn wait_ready(&mut self) {
         let url = format!("{}/readyz", self.url());
         let start = Instant::now();
@@ -126,32 +71,6 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// SIGKILL, no chance to clean up.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()
-            .expect("kill -TERM");
-        assert!(sent.success());
-        c.wait().expect("wait for canaryd")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -230,12 +149,10 @@ impl Scene {
             .dir
             .path()
             .join(format!("policies-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
         let text = policy
             .replace("{ns}", self.name())
             .replace("{prom}", &self.prom.url());
-        std::fs::write(dir.join("web.yaml"), text).unwrap();
-        dir
+        write_policies(dir, "web.yaml", &text)
     }
 
     fn daemon(&self, policies: &Path, identity: &str) -> Daemon {
@@ -245,8 +162,10 @@ impl Scene {
             policies,
             kubeconfig: cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
             lease_namespace: self.name(),
+            lease_name: None,
             identity,
             token_file: Some(&token),
+            json_log: true,
             log_dir: self.dir.path(),
         })
     }
@@ -319,7 +238,7 @@ impl Scene {
                     state.phase,
                     state.last_verdict().map(|v| v.reason.clone()),
                     reasons(&self.events().await),
-                    tail(&daemon.log_text(), 15)
+                    daemon.tail()
                 ))
             }
         })
@@ -352,17 +271,6 @@ fn reconcile_millis(log: &str) -> Vec<u64> {
         .filter(|v| v["fields"]["message"] == "Reconciled.")
         .filter_map(|v| v["fields"]["elapsed_ms"].as_u64())
         .collect()
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn state_of(d: &Deployment) -> RolloutState {
-    target::annotation(d, target::STATE_ANNOTATION)
-        .map(|t| RolloutState::from_json(t).expect("valid state"))
-        .unwrap_or_default()
 }
 
 fn reasons(events: &[Event]) -> Vec<String> {
@@ -453,7 +361,7 @@ async fn wait_settled_on(scene: &Scene, daemon: &Daemon, image_want: &str) -> De
                 baseline.is_some(),
                 target::is_paused(&d),
                 state_of(&d).phase,
-                tail(&daemon.log_text(), 15)
+                daemon.tail()
             ))
             }
         },
@@ -1209,8 +1117,10 @@ async fn runs_with_the_least_privilege_of_deploy_rbac() {
         policies: &policies,
         kubeconfig: kubeconfig.clone(),
         lease_namespace: "default",
+        lease_name: None,
         identity: "rbac-outside",
         token_file: None,
+        json_log: true,
         log_dir: scene.dir.path(),
     });
     let mut child = outside.child.take().expect("running");
@@ -1238,8 +1148,10 @@ async fn runs_with_the_least_privilege_of_deploy_rbac() {
         policies: &policies,
         kubeconfig,
         lease_namespace: scene.name(),
+        lease_name: None,
         identity: "rbac",
         token_file: None,
+        json_log: true,
         log_dir: scene.dir.path(),
     });
     scene.wait_adopted(&daemon).await;

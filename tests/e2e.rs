@@ -26,22 +26,24 @@
 mod alertmanager;
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/pods.rs"]
 mod pods;
 #[path = "support/prom.rs"]
 mod prom;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alertmanager::{AlertingProm, Alertmanager, Credentials, Rule};
 use canaryd::demo::{self, AppConfig, LoadConfig};
 use canaryd::judge::Decision;
-use canaryd::rollout::{Phase, RolloutState};
+use canaryd::rollout::Phase;
 use canaryd::target;
 use cluster::wait_until;
+use daemon::{state_of, write_policies, Daemon, DaemonOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -138,76 +140,9 @@ fn unix_ms() -> u128 {
 
 // ---- the daemon ------------------------------------------------------------------
 
-struct Daemon {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
 impl Daemon {
-    fn start(policies: &Path, token_file: &Path, dir: &Path) -> Daemon {
-        let port = prom::free_port();
-        let log = dir.join("canaryd.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-            .arg("run")
-            .arg("--policies")
-            .arg(policies)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--lease-namespace")
-            .arg(NAMESPACE)
-            .arg("--lease-name")
-            .arg(LEASE)
-            .arg("--identity")
-            .arg("e2e")
-            .arg("--alert-token-file")
-            .arg(token_file)
-            .env(
-                "KUBECONFIG",
-                cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
-            )
-            .env("CANARYD_LOG", "info,canaryd=debug")
-            .env("CANARYD_LOG_FORMAT", "json")
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start canaryd run");
-        Daemon {
-            child: Some(child),
-            port,
-            log,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
     fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    async fn board(&self) -> Value {
-        reqwest::get(format!("{}/v1/rollouts", self.url()))
-            .await
-            .expect("GET /v1/rollouts")
-            .json()
-            .await
-            .expect("JSON board")
     }
 
     /// Peak RSS (kB) and CPU time (user + system) so far, from /proc.
@@ -236,27 +171,6 @@ impl Daemon {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100);
         (hwm, Duration::from_millis(ticks * 1000 / hz))
-    }
-
-    /// SIGTERM and wait for the exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()
-            .expect("kill -TERM");
-        assert!(sent.success());
-        c.wait().expect("wait for canaryd")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -447,12 +361,6 @@ impl Cluster {
     }
 }
 
-fn state_of(d: &Deployment) -> RolloutState {
-    target::annotation(d, target::STATE_ANNOTATION)
-        .map(|t| RolloutState::from_json(t).expect("valid state"))
-        .unwrap_or_default()
-}
-
 fn image(d: &Deployment) -> String {
     d.spec
         .as_ref()
@@ -520,14 +428,21 @@ async fn canary_promotes_rolls_back_and_reacts_to_a_real_alert() {
     );
     cluster.create_seed().await;
 
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let policy_file = policies.join("myapp.yaml");
     let four = policy(&analysis.url(), FOUR_STEPS);
-    std::fs::write(&policy_file, &four).unwrap();
+    let policies = write_policies(dir.path().join("policies"), "myapp.yaml", &four);
+    let policy_file = policies.join("myapp.yaml");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let mut daemon = Daemon::start(&policies, &token_file, dir.path());
+    let mut daemon = Daemon::start(&DaemonOptions {
+        policies: &policies,
+        kubeconfig: cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
+        lease_namespace: NAMESPACE,
+        lease_name: Some(LEASE),
+        identity: "e2e",
+        token_file: Some(&token_file),
+        json_log: true,
+        log_dir: dir.path(),
+    });
     wait_until(SHORT, "myapp-deploy adopted", || async {
         let d = cluster.get().await;
         let st = d.status.clone().unwrap_or_default();
