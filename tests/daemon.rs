@@ -399,7 +399,14 @@ async fn promotes_a_good_release() {
         Some("canary")
     );
     assert_eq!(image(&canary), V2);
-    let baseline = scene.deployments().get("web-baseline").await.unwrap();
+    // The baseline is created right after the canary, in the same pass.
+    let baseline = wait_until(SHORT, "baseline created", || async {
+        match scene.deployments().get_opt("web-baseline").await {
+            Ok(Some(b)) => Ok(b),
+            other => Err(format!("{:?}", other.map(|o| o.is_some()))),
+        }
+    })
+    .await;
     assert_eq!(image(&baseline), V1);
     assert!(
         target::is_paused(&scene.web().await),
@@ -838,20 +845,26 @@ async fn resumes_at_step_2_after_sigkill() {
     scene
         .wait_phase(&first, "step 2", |p| *p == Phase::Progressing { step: 1 })
         .await;
-    let canary = wait_until(SHORT, "canary scaled to 2", || async {
-        let c = scene
-            .deployments()
-            .get("web-canary")
-            .await
-            .map_err(|e| e.to_string())?;
-        if c.spec.as_ref().and_then(|s| s.replicas) == Some(2) {
-            Ok(c)
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await;
-    let baseline = scene.deployments().get("web-baseline").await.unwrap();
+    // Step 2's actions (canary, then baseline, to 2 pods) are all carried out
+    // before the kill, so the restart must change neither object.
+    let mut scaled = Vec::new();
+    for name in ["web-canary", "web-baseline"] {
+        let d = wait_until(SHORT, name, || async {
+            let d = scene
+                .deployments()
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            if d.spec.as_ref().and_then(|s| s.replicas) == Some(2) {
+                Ok(d)
+            } else {
+                Err("not scaled to 2 yet".into())
+            }
+        })
+        .await;
+        scaled.push(d);
+    }
+    let (canary, baseline) = (scaled[0].clone(), scaled[1].clone());
     let before = scene.events().await;
     first.kill();
 
