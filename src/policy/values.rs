@@ -231,6 +231,20 @@ fn is_ident_byte(b: u8) -> bool {
 
 /// The index just past the string literal opening at `start` (PromQL `"…"`
 /// and `'…'` with backslash escapes, raw `` `…` ``), or the end of `s`.
+/// If a string literal or a `#` comment starts at `i`, the index just past it.
+fn skip_literal(s: &[u8], i: usize) -> Option<usize> {
+    match s[i] {
+        b'"' | b'\'' | b'`' => Some(skip_string(s, i)),
+        b'#' => Some(
+            s[i..]
+                .iter()
+                .position(|c| *c == b'\n')
+                .map_or(s.len(), |n| i + n),
+        ),
+        _ => None,
+    }
+}
+
 fn skip_string(s: &[u8], start: usize) -> usize {
     let quote = s[start];
     let mut i = start + 1;
@@ -250,17 +264,11 @@ fn matching_close(s: &[u8], open: usize) -> Option<usize> {
     let mut stack = vec![s[open]];
     let mut i = open + 1;
     while i < s.len() {
+        if let Some(next) = skip_literal(s, i) {
+            i = next;
+            continue;
+        }
         match s[i] {
-            b'"' | b'\'' | b'`' => {
-                i = skip_string(s, i);
-                continue;
-            }
-            b'#' => {
-                while i < s.len() && s[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
             b @ (b'(' | b'{' | b'[') => stack.push(b),
             b @ (b')' | b'}' | b']') => {
                 let want = match stack.pop()? {
@@ -308,18 +316,9 @@ pub fn window_increase_calls(query: &str) -> Result<Vec<WindowIncreaseCall>, Str
     let mut calls = Vec::new();
     let mut i = 0;
     while i < s.len() {
-        match s[i] {
-            b'"' | b'\'' | b'`' => {
-                i = skip_string(s, i);
-                continue;
-            }
-            b'#' => {
-                while i < s.len() && s[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            _ => {}
+        if let Some(next) = skip_literal(s, i) {
+            i = next;
+            continue;
         }
         let at_word = i == 0 || !is_ident_byte(s[i - 1]);
         if !(at_word && s[i..].starts_with(name)) {
