@@ -264,16 +264,10 @@ impl FiringAlerts {
 /// (FNV-1a 64 over sorted name/value pairs, each followed by 0xff), so a polled
 /// alert and Alertmanager's webhook fingerprint for it share one key.
 fn label_fingerprint(labels: &BTreeMap<String, String>) -> String {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
-    for (k, v) in labels {
-        for byte in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(PRIME);
-        }
-    }
-    format!("{hash:016x}")
+    let bytes = labels
+        .iter()
+        .flat_map(|(k, v)| k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]));
+    format!("{:016x}", crate::hash::fnv1a64(bytes))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod demo_pods;
+pub mod hash;
 pub mod judge;
 pub mod lease;
 pub mod metrics;

@@ -75,13 +75,7 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
     // Struct fields serialize in declaration order and maps are sorted, so
     // the bytes are stable across reads of the same template.
     let bytes = serde_json::to_vec(&t).unwrap_or_default();
-    // FNV-1a, 64 bit: stable across builds and platforms (unlike `DefaultHasher`).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")[..12].to_string()
+    format!("{:016x}", crate::hash::fnv1a64(bytes))[..12].to_string()
 }
 
 fn strip_copy_labels(t: &mut PodTemplateSpec) {
