@@ -615,14 +615,18 @@ async fn ingress_weights_follow_the_steps() {
     });
     scene.set_image(V2, None).await;
     wait_settled_on(&scene, &daemon, V2).await;
+    // The routing objects go in the same pass as canary and baseline; wait for
+    // the sampler to see that rather than racing its polling.
+    wait_until(SHORT, "canary Ingress removed after promotion", || async {
+        match seen.lock().unwrap().last().map(String::as_str) {
+            Some("absent") => Ok(()),
+            other => Err(format!("last sample {other:?}")),
+        }
+    })
+    .await;
     task.abort();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.first().map(String::as_str), Some("absent"), "{seen:?}");
-    assert_eq!(
-        seen.last().map(String::as_str),
-        Some("absent"),
-        "removed after promotion: {seen:?}"
-    );
     let weights: Vec<&str> = seen
         .iter()
         .map(String::as_str)
