@@ -40,8 +40,14 @@ pub enum Reason {
     AnalysisPassed,
     /// The judge found a regression.
     AnalysisFailed,
-    /// A window had no usable data; the rollout holds.
+    /// A window had no usable data, or a step's observe time passed without
+    /// enough fresh evidence; the rollout holds.
     NoData,
+    /// A step's observe time passed but the canary served fewer requests than
+    /// `analysis.minRequestsPerStep`; the rollout holds.
+    LowTraffic,
+    /// A hold (missing data or low traffic) ended; says how long it held.
+    HoldEnded,
     /// Holding on missing data ran out, or `onNoData: rollback` applied.
     NoDataRollback,
     /// Blue-green: the active Service now selects the new version.
@@ -68,6 +74,16 @@ pub enum Reason {
     RollbackStalled,
     /// The target cannot be rolled out as the policy says (e.g. no version label).
     InvalidTarget,
+    /// A committed action failed against the API; it is retried with backoff.
+    ActionFailed,
+    /// An action kept failing past the limit; the rollout rolls back.
+    ActionDeadlineExceeded,
+    /// The rollback's own actions kept failing; the rollout stopped in Failed.
+    RollbackFailed,
+    /// The policy was removed; canaryd stopped acting on the Deployment.
+    PolicyRemoved,
+    /// The policy was removed while idle; canaryd unpaused the Deployment.
+    Released,
 }
 
 impl fmt::Display for Reason {
