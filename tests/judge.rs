@@ -223,6 +223,7 @@ fn analysis(metrics: Vec<MetricSpec>) -> Analysis {
         max_duration: Duration::from_secs(1800),
         alpha: 0.05,
         on_no_data: OnNoData::Hold,
+        min_requests_per_step: 0,
         mode: JudgeMode::Sequential,
         metrics,
     }
@@ -759,4 +760,23 @@ proptest! {
         let (e1, e2) = (errors_log_e(&l1, Direction::Increase), errors_log_e(&l2, Direction::Increase));
         prop_assert!(e2 >= e1 - 1e-9, "{e1} > {e2}");
     }
+}
+
+#[test]
+fn evidence_from_before_an_outage_does_not_clear_the_release() {
+    // Issue 13's reproduction: 3 windows of data, then 5 missing, while a
+    // second metric has all 8. Cumulative evidence alone said "continue".
+    let (code, out, _) = judge("stale-after-outage.json");
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(decision_of(&out), "inconclusive");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no usable data in the last 5 window(s)"),
+        "{out}"
+    );
+    assert_eq!(v["metrics"][0]["status"], "noData", "{out}");
+    assert_eq!(v["metrics"][1]["status"], "pass", "{out}");
 }

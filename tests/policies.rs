@@ -48,7 +48,7 @@ analysis:
 fn each_broken_fixture_reports_its_exact_message() {
     let k = "known: namespace, service, deployment, role, podRegex, window";
     let cases: Vec<(&str, String)> = vec![
-        ("unknown-field.yaml", "7:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, mode, classic, metrics".into()),
+        ("unknown-field.yaml", "7:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, minRequestsPerStep, mode, classic, metrics".into()),
         ("bad-duration.yaml", "8:18: strategy.canary.steps[0].observe: expected a duration like 30s, 10m, 1h30m or 500ms, found \"10 minutes\"".into()),
         ("negative-duration.yaml", "4:19: progressDeadline: duration must be positive, found \"-5m\"".into()),
         ("zero-duration.yaml", "8:16: alerts.guardWindow: duration must be positive, found \"0s\"".into()),
@@ -137,7 +137,7 @@ strategy:
         parse_errors(src),
         vec![
             "inline.yaml:4:1: foo: unknown field \"foo\"; expected one of: service, namespace, deployment, progressDeadline, baseline, traffic, strategy, analysis, alerts, notifications",
-            "inline.yaml:8:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, mode, classic, metrics",
+            "inline.yaml:8:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, minRequestsPerStep, mode, classic, metrics",
             "inline.yaml:9:10: analysis.alpha: alpha must be above 0 and below 0.5, found 0.7",
             "inline.yaml:14:18: strategy.canary.steps[0].observe: expected a duration like 30s, 10m, 1h30m or 500ms, found \"10 minutes\"",
         ]
@@ -151,7 +151,7 @@ fn every_error_fixture_reports_each_problem_in_document_order() {
         errors_of("every-error.yaml"),
         vec![
             format!("{f}:4:1: foo: unknown field \"foo\"; expected one of: service, namespace, deployment, progressDeadline, baseline, traffic, strategy, analysis, alerts, notifications"),
-            format!("{f}:8:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, mode, classic, metrics"),
+            format!("{f}:8:3: analysis.intervall: unknown field \"intervall\" (did you mean \"interval\"?); expected one of: prometheus, interval, maxDuration, alpha, onNoData, minRequestsPerStep, mode, classic, metrics"),
             format!("{f}:9:10: analysis.alpha: alpha must be above 0 and below 0.5, found 0.7"),
             format!("{f}:14:7: analysis.metrics[0].treshold: unknown field \"treshold\"; expected one of: name, kind, errors, total, buckets, query, direction, critical, minEffect, weight, bounds"),
             format!("{f}:15:18: analysis.metrics[0].minEffect: expected a number, found \"high\""),
@@ -492,6 +492,11 @@ fn omitted_fields_take_their_documented_defaults() {
     assert_eq!(p.analysis.max_duration, Duration::from_secs(3 * 960));
     assert_eq!(p.analysis.alpha, 0.05);
     assert_eq!(p.analysis.on_no_data, OnNoData::Hold);
+    assert_eq!(
+        p.analysis.min_requests_per_step,
+        policy::DEFAULT_MIN_REQUESTS_PER_STEP
+    );
+    assert_ne!(policy::DEFAULT_MIN_REQUESTS_PER_STEP, 0);
     assert_eq!(p.analysis.mode, JudgeMode::Sequential);
     assert_eq!(p.analysis.metrics, policy::default_metrics());
     assert!(p.alerts.matchers.is_empty());
@@ -640,4 +645,33 @@ fn check_prints_every_error_of_every_file() {
     assert_eq!(got.len(), 9, "{stderr}");
     assert!(got[..8].iter().all(|l| l.starts_with(&format!("{a}:"))));
     assert!(got[8].starts_with(&format!("{b}:8:18: ")));
+}
+
+#[test]
+fn min_requests_per_step_is_a_whole_number_and_needs_a_counting_metric() {
+    let with = |v: &str| format!("{MINIMAL}  minRequestsPerStep: {v}\n");
+    let p = policy::parse_str(&with("0"), Path::new("inline.yaml")).unwrap();
+    assert_eq!(p.analysis.min_requests_per_step, 0);
+    let p = policy::parse_str(&with("500"), Path::new("inline.yaml")).unwrap();
+    assert_eq!(p.analysis.min_requests_per_step, 500);
+    for bad in ["-1", "2.5", "lots"] {
+        let errors = parse_errors(&with(bad));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("inline.yaml:7:23: analysis.minRequestsPerStep: "),
+            "{errors:?}"
+        );
+    }
+    let gauges = "  metrics:
+    - name: cpu
+      kind: gauge
+      query: 'avg(cpu{pod=~\"{{podRegex}}\"})'
+";
+    let p = policy::parse_str(&format!("{MINIMAL}{gauges}"), Path::new("inline.yaml")).unwrap();
+    assert_eq!(p.analysis.min_requests_per_step, 0);
+    let errors = parse_errors(&format!("{MINIMAL}  minRequestsPerStep: 10\n{gauges}"));
+    assert_eq!(
+        errors,
+        vec!["inline.yaml:7:23: analysis.minRequestsPerStep: only errors and latency metrics count requests, and this policy has gauges only; set 0"]
+    );
 }

@@ -60,6 +60,7 @@ fn policy(url: &str, baseline: BaselineMode, interval: Duration) -> Policy {
             max_duration: Duration::from_secs(3600),
             alpha: 0.05,
             on_no_data: OnNoData::Hold,
+            min_requests_per_step: 0,
             mode: JudgeMode::Sequential,
             metrics: default_metrics(),
         },

@@ -306,6 +306,7 @@ pub fn parse_document(text: &str) -> Result<Document, Error> {
         max_duration: Duration::from_secs_f64(interval * n_windows.max(1) as f64),
         alpha,
         on_no_data: OnNoData::Hold,
+        min_requests_per_step: 0,
         mode,
         metrics: specs,
     };

@@ -238,8 +238,9 @@ pub fn evaluate(
         let confidence = cfg.confidence.unwrap_or(1.0 - alpha).clamp(0.5, 0.999_999);
         let m = evidence.metric(&spec.name);
         let (report, class) = judge_metric(spec, m, cfg, confidence);
-        if m.is_none_or(|m| m.windows == 0) && missing.is_none() {
-            missing = Some(spec.name.clone());
+        let stale = m.map_or(Some(String::from("absent")), |m| m.stale_note());
+        if let Some(why) = stale.filter(|_| missing.is_none()) {
+            missing = Some(format!("{}: {why}", spec.name));
         }
         let group = cfg
             .group

@@ -146,6 +146,10 @@ pub struct MetricEvidence {
     /// Why the last unusable window was unusable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_problem: Option<String>,
+    /// Unusable (or absent) windows since the last usable one: evidence from
+    /// before a gap cannot clear the release while the gap lasts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stale: u32,
     /// Error/request counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<CountsEvidence>,
@@ -158,6 +162,31 @@ pub struct MetricEvidence {
     /// One value per usable window and arm (capped at [`MAX_SERIES`]).
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl MetricEvidence {
+    /// Why this metric cannot clear the release now, if it cannot: it never
+    /// had usable data, or its latest windows had none.
+    pub fn stale_note(&self) -> Option<String> {
+        let why = self
+            .last_problem
+            .as_deref()
+            .unwrap_or("absent from the window");
+        if self.windows == 0 {
+            Some(why.to_string())
+        } else if self.stale > 0 {
+            Some(format!(
+                "no usable data in the last {} window(s) ({why}); earlier evidence cannot clear the release",
+                self.stale
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// Longest per-window series kept (a day of one-minute windows).

@@ -42,14 +42,21 @@ pub(super) fn record(ev: &mut Evidence, window: &WindowObservation) {
         match fold_metric(m, mw) {
             Ok(requests) => {
                 m.windows = m.windows.saturating_add(1);
+                m.stale = 0;
                 if split.is_none() {
                     split = requests;
                 }
             }
             Err(problem) => {
                 m.no_data = m.no_data.saturating_add(1);
+                m.stale = m.stale.saturating_add(1);
                 m.last_problem = Some(problem);
             }
+        }
+    }
+    for m in &mut ev.metrics {
+        if !window.metrics.iter().any(|mw| mw.name == m.name) {
+            m.stale = m.stale.saturating_add(1);
         }
     }
     if let (Some((c, b)), Some(share)) = (split, window.expected_canary_share) {

@@ -112,6 +112,15 @@ pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
         .iter()
         .map(|spec| judge_metric(spec, evidence.metric(&spec.name), alpha_i))
         .collect();
+    for (j, spec) in judged.iter_mut().zip(&analysis.metrics) {
+        let stale = evidence.metric(&spec.name).and_then(|m| m.stale_note());
+        if let Some(note) = stale.filter(|_| j.usable) {
+            j.usable = false;
+            j.no_worse = false;
+            j.report.status = MetricStatus::NoData;
+            j.report.note = Some(note);
+        }
+    }
 
     let log_mean = log_sum_exp(judged.iter().map(|j| j.log_e)) - m.ln();
     let combined_fail = log_mean >= (1.0 / alpha).ln();

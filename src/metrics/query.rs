@@ -330,6 +330,7 @@ mod tests {
                 max_duration: Duration::from_secs(3600),
                 alpha: 0.05,
                 on_no_data: OnNoData::Hold,
+                min_requests_per_step: 0,
                 mode: JudgeMode::Sequential,
                 metrics: vec![MetricSpec {
                     name: "m".into(),

@@ -281,6 +281,7 @@ mappings! {
         max_duration: Scalar = "maxDuration",
         alpha: Scalar = "alpha",
         on_no_data: String = "onNoData",
+        min_requests_per_step: Scalar = "minRequestsPerStep",
         mode: String = "mode",
         classic: RawClassic = "classic",
         metrics: List<RawMetric> = "metrics",

@@ -157,6 +157,9 @@ pub struct Analysis {
     pub alpha: f64,
     /// What to do without data.
     pub on_no_data: OnNoData,
+    /// Fewest canary requests a step must serve before it may be left
+    /// (counted from the errors and latency metrics; 0 disables the check).
+    pub min_requests_per_step: u64,
     /// How the judge decides.
     pub mode: JudgeMode,
     /// Metrics to judge; never empty.

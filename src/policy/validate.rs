@@ -18,6 +18,9 @@ const MIN_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_KEEP_OLD_FOR: Duration = Duration::from_secs(600);
 const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(600);
 const DEFAULT_ALPHA: f64 = 0.05;
+/// Default `analysis.minRequestsPerStep` when a metric counts requests: a
+/// step whose canary served fewer requests has not been tested by traffic.
+pub const DEFAULT_MIN_REQUESTS_PER_STEP: u64 = 50;
 const DEFAULT_PASS_SCORE: f64 = 95.0;
 const DEFAULT_MARGINAL_SCORE: f64 = 75.0;
 const DEFAULT_VERSION_LABEL: &str = "version";
@@ -888,15 +891,50 @@ fn validate_analysis(
         }
         Some(m) => validate_metrics(ctx, &m.value),
     };
+    let min_requests_per_step = min_requests(ctx, a, metrics.as_deref());
     Some(Analysis {
         prometheus: prometheus?,
         interval: interval?,
         max_duration: max_duration?,
         alpha: alpha?,
         on_no_data: on_no_data?,
+        min_requests_per_step: min_requests_per_step?,
         mode: mode?,
         metrics: metrics?,
     })
+}
+
+/// `analysis.minRequestsPerStep`: requests are counted by errors and latency
+/// metrics, so a gauge-only policy defaults to 0 and may not ask for more.
+fn min_requests(ctx: &mut Ctx<'_>, a: &RawAnalysis, metrics: Option<&[MetricSpec]>) -> Option<u64> {
+    let counts = metrics.is_none_or(|m| {
+        m.iter()
+            .any(|m| !matches!(m.kind, MetricKind::Gauge { .. }))
+    });
+    let Some(v) = &a.min_requests_per_step else {
+        return Some(if counts {
+            DEFAULT_MIN_REQUESTS_PER_STEP
+        } else {
+            0
+        });
+    };
+    let path = "analysis.minRequestsPerStep";
+    let n = number_where(
+        ctx,
+        v,
+        path,
+        |x| x >= 0.0 && x.fract() == 0.0 && x <= 1e12,
+        "a whole number of requests from 0 to 10^12",
+    )?;
+    if n > 0.0 && !counts {
+        ctx.err(
+            v.referenced,
+            path,
+            "only errors and latency metrics count requests, and this policy has gauges only; set 0",
+        );
+        return None;
+    }
+    Some(n as u64)
 }
 
 fn validate_prometheus(ctx: &mut Ctx<'_>, p: &Spanned<RawPrometheus>) -> Option<PrometheusConfig> {

@@ -5,9 +5,10 @@ use crate::judge::{self, Decision, Evidence, Verdict};
 use crate::policy::{Analysis, BlueGreenStrategy, OnNoData, Policy, Strategy};
 
 use super::action::{Action, EventKind, Reason};
+use super::fresh;
 use super::input::{Input, Target};
 use super::plan::{planned_step, step_count, PlannedStep};
-use super::state::{Phase, RolloutState, VerdictRecord};
+use super::state::{HoldCause, Phase, RolloutState, StepEvidence, VerdictRecord};
 
 /// Advances the rollout by one tick, judging with [`judge::evaluate`].
 ///
@@ -449,45 +450,57 @@ where
     if interrupted(tx) {
         return;
     }
-    if let Some(verdict) = judge_window(tx, step, judge) {
-        let stop = match verdict.decision {
+    let seen = judge_window(tx, step, judge);
+    if let Some((verdict, _)) = &seen {
+        match verdict.decision {
             Decision::Rollback => {
                 let message = format!("step {}/{}: {}", step + 1, tx.steps(), verdict.reason);
-                roll_back(tx, Reason::AnalysisFailed, message);
-                true
+                return roll_back(tx, Reason::AnalysisFailed, message);
             }
-            Decision::Inconclusive => hold_for_data(tx, &verdict),
-            Decision::Continue | Decision::Promote => {
-                tx.next.no_data_since = None;
-                false
+            Decision::Inconclusive => {
+                if hold_for_data(tx, &verdict.reason) {
+                    return;
+                }
             }
-        };
-        if stop {
-            return;
+            Decision::Continue | Decision::Promote => {}
         }
     }
     if no_data_expired(tx) || pods_stalled(tx, step) {
         return;
     }
-    if step_complete(tx, step) {
+    let inconclusive = tx.next.step_decision == Some(Decision::Inconclusive);
+    if inconclusive {
+        return;
+    }
+    let problem = seen.map(|(_, problem)| problem);
+    if settle_hold(tx, step, problem) == Settled::Leave {
         leave_step(tx, step);
     }
 }
 
-/// Records a new window and judges all evidence; `None` without a new window.
-fn judge_window<J>(tx: &mut Tx, step: usize, judge: &J) -> Option<Verdict>
+/// Records a new window and judges all evidence; `None` without a new
+/// window. Also returns why the window was not usable for the step's own
+/// evidence (`None` when it was).
+fn judge_window<J>(tx: &mut Tx, step: usize, judge: &J) -> Option<(Verdict, Option<Unusable>)>
 where
     J: Fn(&Analysis, &Evidence) -> Verdict,
 {
     let window = tx.input.window.as_ref()?;
-    if tx
-        .next
-        .last_window_at_secs
-        .is_some_and(|last| window.at_secs <= last)
-    {
+    let last = tx.next.last_window_at_secs;
+    if last.is_some_and(|last| window.at_secs <= last) {
         return None; // already recorded
     }
+    let before = fresh::usable_counts(&tx.next.evidence);
     tx.next.evidence.record(window);
+    let length = (window.at_secs - last.unwrap_or(0.0)).max(0.0).round() as u64;
+    let problem = fresh::fold_window(
+        &mut tx.next.step_evidence,
+        tx.policy,
+        &before,
+        &tx.next.evidence,
+        window,
+        length,
+    );
     tx.next.last_window_at_secs = Some(window.at_secs);
     tx.next.window_started_at = Some(tx.now());
     let verdict = judge(&tx.policy.analysis, &tx.next.evidence);
@@ -499,35 +512,180 @@ where
         reason: verdict.reason.clone(),
     };
     tx.next.push_verdict(record);
-    Some(verdict)
+    Some((verdict, problem))
 }
 
-/// An unusable window: hold (announcing it once per stretch) or roll back.
-/// True when it rolled back.
-fn hold_for_data(tx: &mut Tx, verdict: &Verdict) -> bool {
-    let analysis = &tx.policy.analysis;
-    match analysis.on_no_data {
+/// An Inconclusive verdict (no data at all for a metric, a broken traffic
+/// split): hold, or roll back under `onNoData: rollback`. True when it
+/// rolled back.
+fn hold_for_data(tx: &mut Tx, why: &str) -> bool {
+    match tx.policy.analysis.on_no_data {
         OnNoData::Rollback => {
-            let message = format!("no usable data ({}); onNoData: rollback", verdict.reason);
+            let message = format!("no usable data ({why}); onNoData: rollback");
             roll_back(tx, Reason::NoDataRollback, message);
             true
         }
         OnNoData::Hold => {
-            if tx.next.no_data_since.is_none() {
-                tx.next.no_data_since = Some(tx.now());
-                let message = format!(
-                    "no usable data ({}); holding up to maxDuration {} from the analysis start",
-                    verdict.reason,
-                    format_secs(analysis.max_duration.as_secs())
-                );
-                tx.event(EventKind::Warning, Reason::NoData, message);
-            }
+            begin_hold(tx, HoldCause::NoData, why);
             false
         }
     }
 }
 
-/// Rolls back when data has been missing at `max_duration`; true if it did.
+/// Starts a hold: one Event per stretch, whatever else goes missing while
+/// it lasts (the first cause names it).
+fn begin_hold(tx: &mut Tx, cause: HoldCause, why: &str) {
+    if tx.next.hold.is_some() {
+        return;
+    }
+    let since = *tx.next.no_data_since.get_or_insert(tx.now());
+    tx.next.hold = Some(cause);
+    let analysis = &tx.policy.analysis;
+    let started = tx.next.analysis_started_at.unwrap_or(since);
+    let ends = started.saturating_add(analysis.max_duration.as_secs());
+    let message = format!(
+        "holding step {}/{} for {} so far: {why}; NoDataRollback at maxDuration {} ({} left)",
+        tx.next.phase.step().map_or(0, |s| s + 1),
+        tx.steps(),
+        format_secs(tx.now().saturating_sub(since)),
+        format_secs(analysis.max_duration.as_secs()),
+        format_secs(ends.saturating_sub(tx.now()))
+    );
+    let reason = match cause {
+        HoldCause::NoData => Reason::NoData,
+        HoldCause::LowTraffic => Reason::LowTraffic,
+    };
+    tx.event(EventKind::Warning, reason, message);
+}
+
+/// Ends a hold, saying how long it lasted.
+fn end_hold(tx: &mut Tx) {
+    let (Some(cause), Some(since)) = (tx.next.hold.take(), tx.next.no_data_since.take()) else {
+        tx.next.hold = None;
+        tx.next.no_data_since = None;
+        return;
+    };
+    let what = match cause {
+        HoldCause::NoData => "usable data is back",
+        HoldCause::LowTraffic => "the canary served enough requests",
+    };
+    let message = format!(
+        "{what} after holding {}",
+        format_secs(tx.now().saturating_sub(since))
+    );
+    tx.event(EventKind::Normal, Reason::HoldEnded, message);
+}
+
+/// Whether the step may be left on this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// The step's time is up and its own evidence suffices.
+    Leave,
+    /// Keep observing (or holding).
+    Stay,
+}
+
+/// Where the step stands once its time is up.
+enum Due {
+    /// Observe time not up, pods not ready, or the judge not satisfied.
+    NotYet,
+    /// Due, and the step's own evidence suffices.
+    Fresh,
+    /// Due, but something the step must have seen is missing.
+    Missing(fresh::Missing),
+}
+
+/// Why a window was not usable for the step's own evidence.
+type Unusable = (HoldCause, String);
+
+/// Starts, keeps or ends a hold from this tick's window (`None`: no new
+/// window; `Some(None)`: a usable one; `Some(Some(..))`: an unusable one) and
+/// the step's own evidence once its time is up. Under `onNoData: rollback`
+/// anything missing rolls back instead of holding.
+fn settle_hold(tx: &mut Tx, step: usize, window: Option<Option<Unusable>>) -> Settled {
+    let Some(plan) = tx.planned(step) else {
+        return Settled::Stay;
+    };
+    let due = if !step_due(tx, &plan) {
+        Due::NotYet
+    } else {
+        match fresh::missing(tx.policy, &plan, &tx.next.step_evidence) {
+            Some(m) => Due::Missing(m),
+            None => Due::Fresh,
+        }
+    };
+    let rollback = tx.policy.analysis.on_no_data == OnNoData::Rollback;
+    match (window, due) {
+        (Some(Some((cause, why))), _) if rollback => {
+            let what = hold_what(cause);
+            let message = format!(
+                "step {}/{}: {what} ({why}); onNoData: rollback",
+                step + 1,
+                tx.steps()
+            );
+            roll_back(tx, Reason::NoDataRollback, message);
+            Settled::Stay
+        }
+        (Some(Some((cause, why))), _) => {
+            begin_hold(tx, cause, &format!("{} ({why})", hold_what(cause)));
+            Settled::Stay
+        }
+        (_, Due::Missing(m)) if rollback => {
+            let message = format!(
+                "step {}/{}: {}; onNoData: rollback",
+                step + 1,
+                tx.steps(),
+                m.describe()
+            );
+            roll_back(tx, Reason::NoDataRollback, message);
+            Settled::Stay
+        }
+        (_, Due::Missing(m)) => {
+            begin_hold(tx, m.cause(), &m.describe());
+            Settled::Stay
+        }
+        (_, Due::Fresh) => {
+            end_hold(tx);
+            Settled::Leave
+        }
+        (Some(None), Due::NotYet) => {
+            // A usable window ends a hold for missing data or traffic in the
+            // window; a hold for too few requests in the step lasts until
+            // the step is due with enough.
+            if tx.next.hold.is_some() && !step_lacks_traffic(tx, step) {
+                end_hold(tx);
+            }
+            Settled::Stay
+        }
+        (None, Due::NotYet) => Settled::Stay,
+    }
+}
+
+/// What a hold of `cause` is waiting for, for messages.
+fn hold_what(cause: HoldCause) -> &'static str {
+    match cause {
+        HoldCause::NoData => "no usable data",
+        HoldCause::LowTraffic => "no canary traffic",
+    }
+}
+
+/// True while the step's own request count is below `minRequestsPerStep`
+/// after its observe time: such a hold ends only when the step has enough.
+fn step_lacks_traffic(tx: &Tx, step: usize) -> bool {
+    let Some(plan) = tx.planned(step) else {
+        return false;
+    };
+    let due = tx
+        .next
+        .step_started_at
+        .is_some_and(|s| tx.now() >= s.saturating_add(plan.observe_secs));
+    due && matches!(
+        fresh::missing(tx.policy, &plan, &tx.next.step_evidence),
+        Some(fresh::Missing::Traffic { .. })
+    )
+}
+
+/// Rolls back when a hold has lasted until `max_duration`; true if it did.
 fn no_data_expired(tx: &mut Tx) -> bool {
     let (Some(since), Some(started)) = (tx.next.no_data_since, tx.next.analysis_started_at) else {
         return false;
@@ -536,8 +694,12 @@ fn no_data_expired(tx: &mut Tx) -> bool {
     if tx.now() < started.saturating_add(max) {
         return false;
     }
+    let what = match tx.next.hold {
+        Some(HoldCause::LowTraffic) => "too few canary requests",
+        _ => "no usable data",
+    };
     let message = format!(
-        "no usable data for {} (last: {}); maxDuration {} reached with onNoData: hold",
+        "{what} for {} (last: {}); maxDuration {} reached with onNoData: hold",
         format_secs(tx.now().saturating_sub(since)),
         tx.last_reason(),
         format_secs(max)
@@ -565,12 +727,14 @@ fn pods_stalled(tx: &mut Tx, step: usize) -> bool {
     true
 }
 
-fn step_complete(tx: &Tx, step: usize) -> bool {
-    let (Some(plan), Some(started)) = (tx.planned(step), tx.next.step_started_at) else {
+/// The step's observe time is up, its pods are ready and the judge finds no
+/// harm: only its own evidence may still be missing.
+fn step_due(tx: &Tx, plan: &PlannedStep) -> bool {
+    let Some(started) = tx.next.step_started_at else {
         return false;
     };
     let observed = tx.now() >= started.saturating_add(plan.observe_secs)
-        && pods_ready(tx.target(), tx.next.revision.as_ref(), &plan);
+        && pods_ready(tx.target(), tx.next.revision.as_ref(), plan);
     let healthy = matches!(
         tx.next.step_decision,
         Some(Decision::Continue | Decision::Promote)
@@ -611,6 +775,7 @@ fn advance(tx: &mut Tx, step: usize) {
     tx.enter(Phase::Progressing { step: step + 1 });
     tx.next.step_started_at = Some(tx.now());
     tx.next.step_decision = None;
+    tx.next.step_evidence = StepEvidence::default();
     if next.canary_replicas != done.canary_replicas {
         tx.act(Action::EnsureCanary {
             template_hash: tx.revision(),

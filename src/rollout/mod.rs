@@ -7,6 +7,7 @@
 
 mod action;
 mod engine;
+mod fresh;
 mod input;
 mod plan;
 mod state;
@@ -18,4 +19,7 @@ pub use action::{Action, EventKind, Reason};
 pub use engine::{format_secs, next_window_close, step, step_with};
 pub use input::{Input, PodCounts, Target};
 pub use plan::{expected_canary_share, planned_step, step_count, PlannedStep, ReadyPods};
-pub use state::{Phase, RolloutState, StateError, VerdictRecord, MAX_VERDICTS, STATE_VERSION};
+pub use state::{
+    HoldCause, Phase, RolloutState, StateError, StepEvidence, VerdictRecord, MAX_VERDICTS,
+    STATE_VERSION,
+};

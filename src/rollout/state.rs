@@ -92,6 +92,31 @@ pub struct VerdictRecord {
     pub reason: String,
 }
 
+/// Why a rollout holds instead of leaving its step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldCause {
+    /// Windows without usable data (query failed, no series, NaN, one arm
+    /// missing, no canary requests).
+    NoData,
+    /// The canary served fewer requests than `analysis.minRequestsPerStep`.
+    LowTraffic,
+}
+
+/// What the current step has seen (reset when a step begins).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepEvidence {
+    /// Seconds of windows with usable data, per metric name.
+    #[serde(default)]
+    pub usable_secs: std::collections::BTreeMap<String, u64>,
+    /// Canary requests served in the step's usable windows.
+    #[serde(default)]
+    pub canary_requests: f64,
+    /// Whether the step's latest window had usable data for every metric.
+    #[serde(default)]
+    pub last_window_usable: bool,
+}
+
 /// Everything the engine remembers about one Deployment's rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -120,8 +145,15 @@ pub struct RolloutState {
     pub window_started_at: Option<u64>,
     /// Unix seconds of the promotion (canary) or traffic switch (blue-green).
     pub promoted_at: Option<u64>,
-    /// Unix seconds when the current stretch of unusable windows began.
+    /// Unix seconds when the current hold (missing data or low traffic) began.
     pub no_data_since: Option<u64>,
+    /// Why the rollout holds, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldCause>,
+    /// Evidence gathered during the current step only: a step is left on
+    /// what it saw itself, never on what earlier steps saw.
+    #[serde(default)]
+    pub step_evidence: StepEvidence,
     /// `at_secs` of the last window recorded; older or equal ones are ignored,
     /// so re-delivering a window does not count it twice.
     pub last_window_at_secs: Option<f64>,
@@ -153,6 +185,8 @@ impl Default for RolloutState {
             window_started_at: None,
             promoted_at: None,
             no_data_since: None,
+            hold: None,
+            step_evidence: StepEvidence::default(),
             last_window_at_secs: None,
             step_decision: None,
             evidence: Evidence::default(),

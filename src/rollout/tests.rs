@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::judge::{Decision, Verdict};
-use crate::observation::WindowObservation;
+use crate::observation::{ArmValue, Histogram, MetricWindow, Sample, WindowObservation};
 use crate::policy::{
     AlertPolicy, Analysis, BaselineMode, BlueGreenStrategy, CanarySize, CanaryStrategy, JudgeMode,
-    OnNoData, Policy, PrometheusConfig, Step, Strategy, Traffic,
+    MetricKind, OnNoData, Policy, PrometheusConfig, Step, Strategy, Traffic,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -54,6 +54,7 @@ fn canary_policy() -> Policy {
             max_duration: Duration::from_secs(48 * MIN),
             alpha: 0.05,
             on_no_data: OnNoData::Hold,
+            min_requests_per_step: 0,
             mode: JudgeMode::Sequential,
             metrics: crate::policy::default_metrics(),
         },
@@ -185,11 +186,33 @@ impl Sim {
         self
     }
 
+    /// A window with usable data for every metric (100 canary requests).
     fn window(&mut self) -> &mut Self {
+        self.window_with(|_| Some(100.0))
+    }
+
+    /// A window whose canary arm per metric serves `canary(metric)` requests,
+    /// or has no data (`None`, like a failed query).
+    fn window_with(&mut self, canary: impl Fn(&str) -> Option<f64>) -> &mut Self {
         self.window_no += 1;
+        let metrics = self
+            .policy
+            .analysis
+            .metrics
+            .iter()
+            .map(|m| MetricWindow {
+                name: m.name.clone(),
+                canary: match canary(&m.name) {
+                    Some(n) => ArmValue::Sample(sample(&m.kind, n)),
+                    None => ArmValue::NoData("metric source failed: scripted".into()),
+                },
+                baseline: ArmValue::Sample(sample(&m.kind, 100.0)),
+            })
+            .collect();
         self.input.window = Some(WindowObservation {
             at_secs: f64::from(self.window_no) * 60.0,
-            ..WindowObservation::default()
+            expected_canary_share: None,
+            metrics,
         });
         self
     }
@@ -219,6 +242,21 @@ impl Sim {
             all.extend(self.at(m * MIN).window().pods_up().tick());
         }
         all
+    }
+}
+
+/// One arm's data of `requests` requests for a metric of `kind`.
+fn sample(kind: &MetricKind, requests: f64) -> Sample {
+    match kind {
+        MetricKind::Errors { .. } => Sample::Counts {
+            errors: 0.0,
+            total: requests,
+        },
+        MetricKind::Latency { .. } => Sample::Buckets(Histogram {
+            le: vec![0.1, f64::INFINITY],
+            counts: vec![requests * 0.9, requests],
+        }),
+        MetricKind::Gauge { .. } => Sample::Gauge(1.0),
     }
 }
 
@@ -536,9 +574,13 @@ fn healthy_data_after_max_duration_is_not_a_no_data_rollback() {
     sim.decision = Decision::Inconclusive;
     sim.windows(1, 40);
     sim.decision = Decision::Continue;
-    // The step had observed long enough: the first healthy window advances it.
+    // The step had observed long enough: the first healthy window ends the
+    // hold and advances it.
     let actions = sim.windows(41, 42);
-    assert_eq!(reasons(&actions), vec![Reason::StepAdvanced]);
+    assert_eq!(
+        reasons(&actions),
+        vec![Reason::HoldEnded, Reason::StepAdvanced]
+    );
     assert_eq!(sim.state.no_data_since, None);
     assert!(sim
         .windows(43, 48)
@@ -1026,4 +1068,200 @@ fn format_secs_is_compact() {
     assert_eq!(format_secs(600), "10m");
     assert_eq!(format_secs(150), "2m30s");
     assert_eq!(format_secs(3900), "1h5m");
+}
+
+// ---- Fresh evidence per step --------------------------------------------------
+
+impl Sim {
+    /// Feeds one window per minute from `from` to `to`, the canary of each
+    /// metric serving `canary(metric)` requests (`None`: no data).
+    fn windows_with(
+        &mut self,
+        from: u64,
+        to: u64,
+        canary: impl Fn(&str) -> Option<f64> + Copy,
+    ) -> Vec<Action> {
+        let mut all = Vec::new();
+        for m in from..=to {
+            all.extend(self.at(m * MIN).window_with(canary).pods_up().tick());
+        }
+        all
+    }
+}
+
+fn outage(_: &str) -> Option<f64> {
+    None
+}
+
+#[test]
+fn outage_mid_step_holds_the_step_while_the_judge_says_continue() {
+    let mut sim = Sim::new(canary_policy());
+    sim.analysing();
+    sim.windows(1, 10);
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 1 });
+    sim.windows(11, 11);
+    // The metric source fails for 6 windows; the (scripted) judge still
+    // says Continue on cumulative evidence, as the real one did before.
+    let actions = sim.windows_with(12, 17, outage);
+    assert_eq!(reasons(&actions), vec![Reason::NoData], "{actions:?}");
+    assert!(non_events(&actions).is_empty());
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 1 });
+    assert_eq!(sim.state.hold, Some(HoldCause::NoData));
+    let message = message_of(&actions, Reason::NoData);
+    assert!(message.contains("holding step 2/4"), "{message}");
+    assert!(message.contains("maxDuration 48m"), "{message}");
+    // Data returns: the hold ends and the step, observed long enough, moves on.
+    let actions = sim.windows(18, 18);
+    assert_eq!(
+        reasons(&actions),
+        vec![Reason::HoldEnded, Reason::StepAdvanced]
+    );
+    assert!(message_of(&actions, Reason::HoldEnded).contains("after holding 6m"));
+    assert_eq!(sim.state.hold, None);
+}
+
+#[test]
+fn a_step_that_began_in_an_outage_needs_its_own_data() {
+    let mut sim = Sim::new(canary_policy());
+    sim.analysing();
+    sim.windows(1, 10);
+    sim.windows_with(11, 20, outage);
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 1 });
+    // One usable window is half of step 2's 2m observe time: what it needs
+    // is observe minus one interval (1m), so this window suffices...
+    let actions = sim.windows(21, 21);
+    assert_eq!(
+        reasons(&actions),
+        vec![Reason::HoldEnded, Reason::StepAdvanced]
+    );
+    // ...but never one that came before the step: step 3 starts empty.
+    assert_eq!(sim.state.step_evidence, StepEvidence::default());
+}
+
+#[test]
+fn outage_until_max_duration_is_a_no_data_rollback_without_promotion() {
+    let mut sim = Sim::new(canary_policy());
+    sim.analysing();
+    sim.windows(1, 10);
+    let actions = sim.windows_with(11, 48, outage);
+    assert_eq!(
+        reasons(&actions),
+        vec![Reason::NoData, Reason::NoDataRollback],
+        "{actions:?}"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. })));
+    assert_eq!(sim.state.phase, Phase::RollingBack);
+}
+
+#[test]
+fn one_silent_metric_holds_the_step() {
+    let mut sim = Sim::new(canary_policy());
+    sim.analysing();
+    let actions = sim.windows_with(1, 12, |m| (m != "latency").then_some(100.0));
+    assert_eq!(reasons(&actions), vec![Reason::NoData], "{actions:?}");
+    assert!(message_of(&actions, Reason::NoData).contains("latency"));
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 0 });
+}
+
+#[test]
+fn canary_without_traffic_holds_for_low_traffic() {
+    let mut sim = Sim::new(canary_policy());
+    sim.analysing();
+    let actions = sim.windows_with(1, 15, |_| Some(0.0));
+    assert_eq!(reasons(&actions), vec![Reason::LowTraffic], "{actions:?}");
+    assert!(message_of(&actions, Reason::LowTraffic).contains("no canary traffic"));
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 0 });
+    // Traffic returns: the step needs 9m of its own usable windows again.
+    assert!(reasons(&sim.windows(16, 23)).is_empty());
+    let actions = sim.windows(24, 24);
+    assert_eq!(
+        reasons(&actions),
+        vec![Reason::HoldEnded, Reason::StepAdvanced]
+    );
+}
+
+#[test]
+fn min_requests_per_step_holds_until_the_step_has_enough() {
+    let mut policy = canary_policy();
+    policy.analysis.min_requests_per_step = 1000;
+    let mut sim = Sim::new(policy);
+    sim.analysing();
+    // 10 windows of 50 canary requests: 500 of 1000 at the end of observe.
+    let actions = sim.windows_with(1, 10, |_| Some(50.0));
+    assert_eq!(reasons(&actions), vec![Reason::LowTraffic], "{actions:?}");
+    let message = message_of(&actions, Reason::LowTraffic);
+    assert!(message.contains("served 500 request(s)"), "{message}");
+    assert!(message.contains("minRequestsPerStep is 1000"), "{message}");
+    // Still short after 9 more windows (950): the hold goes on, unannounced.
+    assert!(reasons(&sim.windows_with(11, 19, |_| Some(50.0))).is_empty());
+    let actions = sim.windows_with(20, 20, |_| Some(50.0));
+    assert_eq!(
+        reasons(&actions),
+        vec![Reason::HoldEnded, Reason::StepAdvanced]
+    );
+}
+
+#[test]
+fn on_no_data_rollback_rolls_back_on_an_unusable_window() {
+    let mut policy = canary_policy();
+    policy.analysis.on_no_data = OnNoData::Rollback;
+    let mut sim = Sim::new(policy);
+    sim.analysing();
+    sim.windows(1, 4);
+    let actions = sim.windows_with(5, 5, outage);
+    assert_eq!(reasons(&actions), vec![Reason::NoDataRollback]);
+    let message = message_of(&actions, Reason::NoDataRollback);
+    assert!(message.contains("step 1/4: no usable data"), "{message}");
+    assert!(message.contains("onNoData: rollback"), "{message}");
+}
+
+#[test]
+fn on_no_data_rollback_rolls_back_a_step_due_with_too_few_requests() {
+    let mut policy = canary_policy();
+    policy.analysis.on_no_data = OnNoData::Rollback;
+    policy.analysis.min_requests_per_step = 10_000;
+    let mut sim = Sim::new(policy);
+    sim.analysing();
+    assert!(reasons(&sim.windows(1, 9)).is_empty());
+    let actions = sim.windows(10, 10);
+    assert_eq!(reasons(&actions), vec![Reason::NoDataRollback]);
+    assert!(message_of(&actions, Reason::NoDataRollback).contains("minRequestsPerStep"));
+}
+
+#[test]
+fn the_last_window_of_a_step_must_be_usable() {
+    let mut sim = Sim::new(canary_policy());
+    sim.analysing();
+    sim.windows(1, 9);
+    // Nine minutes of data cover observe minus one interval, but the window
+    // that closes the step has none: the source may be down now.
+    let actions = sim.windows_with(10, 10, outage);
+    assert_eq!(reasons(&actions), vec![Reason::NoData]);
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 0 });
+}
+
+#[test]
+fn real_judge_holds_on_a_metric_that_went_silent() {
+    // The reproduction of issue 13 through the engine with the real judge:
+    // latency's evidence stops after 3 windows while errors goes on.
+    let policy = canary_policy();
+    let mut sim = Sim::new(policy.clone());
+    sim.analysing();
+    let mut all = Vec::new();
+    for m in 1..=12u64 {
+        sim.at(m * MIN)
+            .window_with(|metric| (metric != "latency" || m <= 3).then_some(1000.0))
+            .pods_up();
+        let (next, actions) = step(&policy, &sim.state, &sim.input);
+        sim.state = next;
+        sim.input.window = None;
+        all.extend(actions);
+    }
+    assert!(
+        !reasons(&all).contains(&Reason::StepAdvanced),
+        "{:?}",
+        reasons(&all)
+    );
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 0 });
+    assert!(message_of(&all, Reason::NoData).contains("latency"));
 }
