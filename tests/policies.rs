@@ -54,7 +54,7 @@ fn each_broken_fixture_reports_its_exact_message() {
         ("zero-duration.yaml", "8:16: alerts.guardWindow: duration must be positive, found \"0s\"".into()),
         ("size-not-growing.yaml", "9:15: strategy.canary.steps[1].size: size 10% does not grow: the previous size is also 10% (steps[0]); each step must grow the size or the weight".into()),
         ("size-shrinks.yaml", "9:15: strategy.canary.steps[1].size: size 2 is smaller than the previous size 3 (steps[0]); sizes must not shrink".into()),
-        ("weight-out-of-range.yaml", "11:17: strategy.canary.steps[0].weight: weight must be a whole number from 0 to 100, found 150".into()),
+        ("weight-out-of-range.yaml", "11:17: strategy.canary.steps[0].weight: weight must be a whole number from 1 to 99 (0 sends the canary no traffic and 100 the baseline none, so such a step could never be judged; promotion moves all traffic), found 150".into()),
         ("weight-with-replicas.yaml", "8:17: strategy.canary.steps[0].weight: weight needs traffic.type ingress-nginx or gateway-api, but traffic.type is replicas".into()),
         ("percent-over-100.yaml", "7:15: strategy.canary.steps[0].size: percentage must be above 0% and at most 100%, found \"150%\"".into()),
         ("percent-zero.yaml", "7:15: strategy.canary.steps[0].size: percentage must be above 0% and at most 100%, found \"0%\"".into()),
@@ -590,7 +590,7 @@ fn example_policies_say_what_the_docs_say() {
         panic!("shop is a canary");
     };
     let weights: Vec<_> = c.steps.iter().map(|s| s.weight).collect();
-    assert_eq!(weights, [Some(5), Some(10), Some(20), Some(50), Some(100)]);
+    assert_eq!(weights, [Some(5), Some(10), Some(20), Some(50), Some(90)]);
     assert_eq!(c.steps[1].size, None);
     assert!(c.steps[3].gate);
     assert_eq!(

@@ -145,14 +145,14 @@ fn ingress_canary_steps_its_weights() {
         run.outcome
     );
     // 0 while the canary starts, each step's weight, 0 once promoted.
-    assert_eq!(weights(&run), vec![0, 5, 25, 50, 100, 0]);
+    assert_eq!(weights(&run), vec![0, 5, 25, 50, 90, 0]);
 }
 
 #[test]
 fn gateway_api_canary_steps_its_weights() {
     let policy = load("tests/fixtures/simulate/gateway.yaml");
     let run = simulate::run(&policy, &scenario(4, 20.0, Regression::None, 3));
-    assert_eq!(weights(&run), vec![0, 5, 25, 50, 100, 0]);
+    assert_eq!(weights(&run), vec![0, 5, 25, 50, 90, 0]);
 }
 
 #[test]

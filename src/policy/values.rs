@@ -161,9 +161,14 @@ pub(crate) fn format_size(s: CanarySize) -> String {
 
 /// Parses a traffic weight: an integer 0..=100.
 pub(crate) fn parse_weight(v: &Scalar) -> Result<u8, String> {
-    let msg = || format!("weight must be a whole number from 0 to 100, found {v}");
+    let msg = || {
+        format!("weight must be a whole number from 1 to 99 (0 sends the canary no traffic and 100 the baseline none, so such a step could never be judged; promotion moves all traffic), found {v}")
+    };
     match v {
-        Scalar::Int(n) => u8::try_from(*n).ok().filter(|w| *w <= 100).ok_or_else(msg),
+        Scalar::Int(n) => u8::try_from(*n)
+            .ok()
+            .filter(|w| (1..=99).contains(w))
+            .ok_or_else(msg),
         _ => Err(msg()),
     }
 }
@@ -545,14 +550,18 @@ mod tests {
 
     #[test]
     fn weights_are_whole_percentages() {
-        assert_eq!(parse_weight(&Scalar::Int(0)), Ok(0));
-        assert_eq!(parse_weight(&Scalar::Int(100)), Ok(100));
-        for bad in [Scalar::Int(101), Scalar::Int(-1), Scalar::Float(5.5)] {
+        assert_eq!(parse_weight(&Scalar::Int(1)), Ok(1));
+        assert_eq!(parse_weight(&Scalar::Int(99)), Ok(99));
+        for bad in [
+            Scalar::Int(0),
+            Scalar::Int(100),
+            Scalar::Int(101),
+            Scalar::Int(-1),
+            Scalar::Float(5.5),
+        ] {
             assert_eq!(
                 parse_weight(&bad),
-                Err(format!(
-                    "weight must be a whole number from 0 to 100, found {bad}"
-                ))
+                Err(format!("weight must be a whole number from 1 to 99 (0 sends the canary no traffic and 100 the baseline none, so such a step could never be judged; promotion moves all traffic), found {bad}"))
             );
         }
     }
