@@ -43,6 +43,12 @@ pub struct ServiceStatus {
     pub firing_alerts: Vec<String>,
     /// The last reconcile error, until a pass succeeds again.
     pub last_error: Option<String>,
+    /// Why the rollout is rolling back, rolled back or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Committed actions that keep failing: what, since when, the API's message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_action: Option<String>,
 }
 
 /// Everything `/v1/rollouts` reports.

@@ -342,6 +342,7 @@ impl<'a> Simulation<'a> {
             // An operator approves each gate as soon as it is reached.
             approved: matches!(self.state.phase, Phase::WaitingForGate { .. }),
             abort: false,
+            failing: None,
         };
         let (next, actions) = rollout::step(self.policy, &self.state, &input);
         let steps = rollout::step_count(self.policy);

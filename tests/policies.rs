@@ -675,3 +675,32 @@ fn min_requests_per_step_is_a_whole_number_and_needs_a_counting_metric() {
         vec!["inline.yaml:7:23: analysis.minRequestsPerStep: only errors and latency metrics count requests, and this policy has gauges only; set 0"]
     );
 }
+
+#[test]
+fn names_too_long_once_canaryd_appends_its_suffixes_are_refused_at_load() {
+    // Valid subdomains of `n` characters: "ddddddddd.dddd…".
+    let name = |n: usize| -> String {
+        (0..n)
+            .map(|i| if i % 10 == 9 && i + 1 < n { '.' } else { 'd' })
+            .collect()
+    };
+    let long = name(234);
+    let src = MINIMAL.replace("deployment: myapp-deploy", &format!("deployment: {long}"));
+    assert_eq!(
+        parse_errors(&src),
+        vec!["inline.yaml:3:13: deployment: name is 234 characters; canaryd's <deployment>-baseline-<template hash> would be 254, above the 253 Kubernetes allows; use at most 233"]
+    );
+    let ok = MINIMAL.replace(
+        "deployment: myapp-deploy",
+        &format!("deployment: {}", name(233)),
+    );
+    assert!(policy::parse_str(&ok, Path::new("inline.yaml")).is_ok());
+    let ingress = format!(
+        "{MINIMAL}traffic:\n  type: ingress-nginx\n  ingress: {}\nstrategy:\n  canary:\n    steps:\n      - {{size: 1, weight: 10, observe: 2m}}\n",
+        name(247)
+    );
+    assert_eq!(
+        parse_errors(&ingress),
+        vec!["inline.yaml:9:12: traffic.ingress: name is 247 characters; canaryd's <ingress>-canary would be 254, above the 253 Kubernetes allows; use at most 246"]
+    );
+}

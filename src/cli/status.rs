@@ -139,6 +139,20 @@ pub fn render(board: &Value) -> String {
         out.push_str("\nLAST ERRORS (retried)\n");
         out.push_str(&failing.concat());
     }
+    out.push_str(&section(
+        board,
+        "failingAction",
+        "FAILING ACTIONS (backing off)",
+    ));
+    let stopped = |r: &&Value| r["phase"] == "Failed";
+    let humans: Vec<String> = rollouts(board)
+        .filter(stopped)
+        .map(|r| format!("  {}: {}\n", text(&r["service"]), text(&r["reason"])))
+        .collect();
+    if !humans.is_empty() {
+        out.push_str("\nFAILED (needs a human)\n");
+        out.push_str(&humans.concat());
+    }
     let errors: Vec<String> = board["policyErrors"]
         .as_array()
         .into_iter()
@@ -152,6 +166,22 @@ pub fn render(board: &Value) -> String {
         }
     }
     out
+}
+
+fn rollouts(board: &Value) -> impl Iterator<Item = &Value> {
+    board["rollouts"].as_array().into_iter().flatten()
+}
+
+/// One line per rollout that has string `field`, under `title`.
+fn section(board: &Value, field: &str, title: &str) -> String {
+    let lines: Vec<String> = rollouts(board)
+        .filter(|r| r[field].is_string())
+        .map(|r| format!("  {}: {}\n", text(&r["service"]), text(&r[field])))
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\n{title}\n{}", lines.concat())
 }
 
 /// Prints the board once, or every [`WATCH_INTERVAL`] with `--watch`.
@@ -246,6 +276,31 @@ mod tests {
         );
         assert!(!out.contains("  shop: "), "{out}");
         assert!(out.ends_with("POLICY ERRORS\n  policies/x.yaml:3:1: alpha: must be below 0.5\n"));
+    }
+
+    #[test]
+    fn failing_actions_and_failed_rollouts_are_listed_with_their_reasons() {
+        let board = json!({
+            "rollouts": [{
+                "service": "shop", "namespace": "prod", "deployment": "shop",
+                "phase": "Progressing", "step": 1, "lastVerdict": null, "firingAlerts": [],
+                "failingAction": "SetWeight 10% failing since 2026-12-04T10:00:00Z (4 attempt(s)): ingresses \"shop-canary\" is forbidden"
+            }, {
+                "service": "web", "namespace": "prod", "deployment": "web",
+                "phase": "Failed", "step": null, "lastVerdict": null, "firingAlerts": [],
+                "reason": "rollback to abc cannot be carried out within progressDeadline 10m"
+            }],
+            "policyErrors": []
+        });
+        let out = render(&board);
+        assert!(
+            out.contains("\nFAILING ACTIONS (backing off)\n  shop: SetWeight 10% failing since 2026-12-04T10:00:00Z (4 attempt(s)): ingresses \"shop-canary\" is forbidden\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nFAILED (needs a human)\n  web: rollback to abc cannot be carried out within progressDeadline 10m\n"),
+            "{out}"
+        );
     }
 
     #[test]

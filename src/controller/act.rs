@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::Resource;
 
+use super::pending::Pending;
 use super::{schedule, Context, REPORTER};
 use crate::policy::{Policy, Strategy};
 use crate::rollout::{Action, EventKind, RolloutState};
@@ -34,14 +35,17 @@ fn is_external(action: &Action) -> bool {
 
 /// Writes the next state, the target-side actions, the pause flag and the
 /// pending list in one update preconditioned on the observed resourceVersion.
-/// Returns the actions still to carry out.
+/// `failing` is a pending list that keeps failing: whatever the engine
+/// decided replaces it (see [`Pending::superseded_by`]); with no decision it
+/// stays. Returns the new list to carry out, if there is one.
 pub async fn commit(
     ctx: &Context,
     policy: &Policy,
     observed: &Observed,
     next: &RolloutState,
     actions: &[Action],
-) -> Result<Vec<Action>> {
+    failing: Option<&Pending>,
+) -> Result<Option<Pending>> {
     let mut d = observed.deployment.clone();
     let mut changed = false;
     for action in actions {
@@ -94,10 +98,20 @@ pub async fn commit(
     if !unchanged {
         changed |= target::set_annotation(&mut d, target::STATE_ANNOTATION, Some(next.to_json()));
     }
-    let pending: Vec<Action> = actions.iter().filter(|a| is_external(a)).cloned().collect();
-    if !pending.is_empty() {
-        let text = serde_json::to_string(&pending).unwrap_or_else(|_| String::from("[]"));
-        changed |= target::set_annotation(&mut d, target::PENDING_ANNOTATION, Some(text));
+    let external: Vec<Action> = actions.iter().filter(|a| is_external(a)).cloned().collect();
+    let pending = match failing {
+        Some(_) if actions.is_empty() => None,
+        Some(old) => Some(old.superseded_by(&external)),
+        None => Some(external),
+    }
+    .map(Pending::new);
+    match &pending {
+        Some(p) if !p.actions.is_empty() => {
+            let text = p.to_json();
+            changed |= target::set_annotation(&mut d, target::PENDING_ANNOTATION, Some(text));
+        }
+        Some(_) => changed |= target::set_annotation(&mut d, target::PENDING_ANNOTATION, None),
+        None => {}
     }
     let desired = target::desired_hash(&d);
     let paused = schedule::want_paused(
@@ -113,15 +127,31 @@ pub async fn commit(
     if changed {
         target::update_target(&ctx.client, &d).await?;
     }
-    Ok(pending)
+    Ok(pending.filter(|p| !p.actions.is_empty()))
+}
+
+/// Whether the stored pending list is `expected`'s (same actions).
+fn holds(d: &k8s_openapi::api::apps::v1::Deployment, expected: &Pending) -> bool {
+    target::annotation(d, target::PENDING_ANNOTATION)
+        .and_then(|t| Pending::parse(t).ok())
+        .is_some_and(|p| p.actions == expected.actions)
 }
 
 /// Removes the pending list once `done` was carried out (if it is still that list).
-pub async fn clear_pending(ctx: &Context, policy: &Policy, done: &[Action]) -> Result<()> {
-    let expected = serde_json::to_string(done).unwrap_or_default();
+pub async fn clear_pending(ctx: &Context, policy: &Policy, done: &Pending) -> Result<()> {
     target::modify_target(&ctx.client, &policy.namespace, &policy.deployment, |d| {
-        let same = target::annotation(d, target::PENDING_ANNOTATION) == Some(expected.as_str());
-        Ok(same && target::set_annotation(d, target::PENDING_ANNOTATION, None))
+        Ok(holds(d, done) && target::set_annotation(d, target::PENDING_ANNOTATION, None))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Stores `pending`'s failure record (if the stored list is still `pending`'s).
+pub async fn store_failure(ctx: &Context, policy: &Policy, pending: &Pending) -> Result<()> {
+    let text = pending.to_json();
+    target::modify_target(&ctx.client, &policy.namespace, &policy.deployment, |d| {
+        Ok(holds(d, pending)
+            && target::set_annotation(d, target::PENDING_ANNOTATION, Some(text.clone())))
     })
     .await?;
     Ok(())
@@ -135,17 +165,20 @@ fn template_for(observed: &Observed, hash: &str) -> Option<PodTemplateSpec> {
     observed.templates.get(hash).cloned()
 }
 
-/// Carries out external actions in order; stops at the first failure
-/// (the pending list stays, so the next pass repeats them).
+/// Carries out external actions in order; stops at the first failure and
+/// returns its index with the error (the pending list stays, so a later pass
+/// repeats from there).
 pub async fn carry_out(
     ctx: &Context,
     policy: &Policy,
     observed: &Observed,
     actions: &[Action],
-) -> Result<()> {
-    for action in actions {
-        ctx.ensure_leader()?;
-        carry_out_one(ctx, policy, observed, action).await?;
+) -> std::result::Result<(), (usize, Error)> {
+    for (i, action) in actions.iter().enumerate() {
+        ctx.ensure_leader().map_err(|e| (i, e))?;
+        carry_out_one(ctx, policy, observed, action)
+            .await
+            .map_err(|e| (i, e))?;
     }
     Ok(())
 }

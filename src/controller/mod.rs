@@ -16,6 +16,7 @@
 //! are left as they are (see [`orphaned`]).
 
 pub mod act;
+pub mod pending;
 pub mod reconcile;
 pub mod record;
 pub mod schedule;
@@ -49,9 +50,6 @@ pub const REPORTER: &str = "canaryd";
 
 /// `(namespace, deployment)` of a managed Deployment.
 pub type TargetKey = (String, String);
-
-/// Event reason when a policy disappears while its rollout is in flight.
-pub const POLICY_REMOVED: &str = "PolicyRemoved";
 
 /// A metric source per distinct Prometheus endpoint, or why it cannot be built.
 type SourceCache = Vec<(PrometheusConfig, Result<Arc<dyn MetricSource>, String>)>;
@@ -261,7 +259,7 @@ pub async fn orphaned(ctx: &Context, policy: &Policy) {
         .and_then(|t| RolloutState::from_json(t).ok())
         .unwrap_or_default();
     if state.phase.is_resting() {
-        tracing::info!(service = %policy.service, "Policy removed; no rollout in flight.");
+        release(ctx, policy, &d, &state).await;
         return;
     }
     let phase = state.phase.label(crate::rollout::step_count(policy));
@@ -276,11 +274,43 @@ pub async fn orphaned(ctx: &Context, policy: &Policy) {
             ctx,
             &d,
             crate::rollout::EventKind::Warning,
-            POLICY_REMOVED,
+            &crate::rollout::Reason::PolicyRemoved.to_string(),
             &message,
         )
         .await;
     }
+}
+
+/// A removed policy with no rollout in flight: canaryd keeps an idle target
+/// paused between releases, so unpause it (or the Deployment's own rolling
+/// updates would never run again) and say so in a `Released` Event.
+async fn release(ctx: &Context, policy: &Policy, d: &Deployment, state: &RolloutState) {
+    if !ctx.is_leader() || !crate::target::is_paused(d) {
+        tracing::info!(service = %policy.service, "Policy removed; no rollout in flight.");
+        return;
+    }
+    let unpaused =
+        crate::target::modify_target(&ctx.client, &policy.namespace, &policy.deployment, |d| {
+            Ok(crate::target::set_paused(d, false))
+        })
+        .await;
+    if let Err(e) = unpaused {
+        tracing::warn!(service = %policy.service, error = %e, "Policy removed; could not unpause its Deployment.");
+        return;
+    }
+    let desired = crate::target::desired_hash(d);
+    let rolls = if state.stable_hash.as_deref().is_some_and(|s| s != desired) {
+        format!("; its template {desired} now rolls out with the Deployment's own strategy, without canary analysis")
+    } else {
+        String::new()
+    };
+    let message = format!(
+        "policy for {}/{} was removed; canaryd unpaused the Deployment (spec.paused: false) and no longer manages it{rolls}",
+        policy.namespace, policy.deployment
+    );
+    tracing::info!(service = %policy.service, "{message}");
+    let reason = crate::rollout::Reason::Released.to_string();
+    act::publish(ctx, d, crate::rollout::EventKind::Normal, &reason, &message).await;
 }
 
 /// A stream that yields whenever `notify` fires.

@@ -15,9 +15,10 @@ use std::time::Instant;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action as Requeue;
 
+use super::pending::Pending;
 use super::{act, now_ms, record, schedule, window, Context, ERROR_RETRY};
 use crate::policy::Policy;
-use crate::rollout::{self, Action, Input, Phase, RolloutState};
+use crate::rollout::{self, Action, EventKind, Input, Phase, Reason, RolloutState};
 use crate::target::{self, Observed, ABORT_ANNOTATION, APPROVE_ANNOTATION, MAX_CONFLICT_RETRIES};
 use crate::{Error, Result};
 
@@ -38,7 +39,9 @@ pub async fn reconcile(obj: Arc<Deployment>, ctx: Arc<Context>) -> Result<Requeu
         // Followers only keep their board current; they never write.
         if let Ok(Some(observed)) = target::observe(&ctx.client, &policy).await {
             if let Ok(state) = read_state(&observed) {
-                record::board(&ctx, &policy, &state, &ctx.alerts_for(&policy));
+                let pending = read_pending(&observed).ok().flatten();
+                let alerts = ctx.alerts_for(&policy);
+                record::board(&ctx, &policy, &state, &alerts, pending.as_ref());
             }
         }
         return Ok(Requeue::await_change());
@@ -93,12 +96,12 @@ pub fn read_state(observed: &Observed) -> Result<RolloutState> {
     }
 }
 
-/// Actions committed but not carried out yet.
-pub fn read_pending(observed: &Observed) -> Result<Option<Vec<Action>>> {
+/// Actions committed but not carried out yet, with their failure record.
+pub fn read_pending(observed: &Observed) -> Result<Option<Pending>> {
     let Some(text) = target::annotation(&observed.deployment, target::PENDING_ANNOTATION) else {
         return Ok(None);
     };
-    serde_json::from_str(text)
+    Pending::parse(text)
         .map(Some)
         .map_err(|e| Error::ReadState {
             name: target::full_name(&observed.deployment),
@@ -128,15 +131,20 @@ async fn pass(ctx: &Context, policy: &Policy) -> Result<Pass> {
         return Ok(Pass::Done(schedule::RESYNC));
     };
     let state = read_state(&observed)?;
-    if let Some(pending) = read_pending(&observed)? {
-        tracing::info!(service = %policy.service, actions = pending.len(), "Finishing committed actions.");
-        act::carry_out(ctx, policy, &observed, &pending).await?;
-        act::clear_pending(ctx, policy, &pending).await?;
-        return Ok(Pass::Again);
-    }
-    // Decide.
     let now = now_secs();
-    let window = window::close(ctx, policy, &state, &observed.target, now).await;
+    let failing = match read_pending(&observed)? {
+        None => None,
+        Some(pending) => match finish(ctx, policy, &observed, pending, now).await? {
+            Finished::Done | Finished::Recorded => return Ok(Pass::Again),
+            Finished::Failing(p) => Some(p),
+        },
+    };
+    // Decide. No window closes while actions fail: the step cannot move on,
+    // and its time counts once they work.
+    let window = match failing {
+        Some(_) => None,
+        None => window::close(ctx, policy, &state, &observed.target, now).await,
+    };
     let (approved, abort) = manual_flags(&observed, &state);
     let input = Input {
         now,
@@ -145,6 +153,7 @@ async fn pass(ctx: &Context, policy: &Policy) -> Result<Pass> {
         alerts: ctx.alerts_for(policy),
         approved,
         abort,
+        failing: failing.as_ref().and_then(Pending::input),
     };
     let judging = Instant::now();
     let (next, actions) = rollout::step(policy, &state, &input);
@@ -156,17 +165,145 @@ async fn pass(ctx: &Context, policy: &Policy) -> Result<Pass> {
     }
     // Act.
     ctx.ensure_leader()?;
-    let pending = act::commit(ctx, policy, &observed, &next, &actions).await?;
-    if !pending.is_empty() {
-        act::carry_out(ctx, policy, &observed, &pending).await?;
-        act::clear_pending(ctx, policy, &pending).await?;
+    let committed = act::commit(ctx, policy, &observed, &next, &actions, failing.as_ref()).await?;
+    if committed.is_some() {
+        abort_after_commit_if_asked(policy);
     }
+    let still_failing = match committed {
+        // Kept only when the engine decided nothing; a decision replaced it.
+        None if actions.is_empty() => failing,
+        None => None,
+        Some(pending) => match carry_out(ctx, policy, &observed, pending, now).await? {
+            Finished::Failing(p) => Some(p),
+            Finished::Done | Finished::Recorded => None,
+        },
+    };
+    let retry_at = still_failing.as_ref().and_then(retry_due(policy));
     // Record.
     log_transition(policy, &state, &next, &actions);
     record::verdicts(ctx, &state, &next);
-    record::board(ctx, policy, &next, &input.alerts);
-    let due = schedule::next_due(policy, &next, now);
+    record::board(ctx, policy, &next, &input.alerts, still_failing.as_ref());
+    let due = [schedule::next_due(policy, &next, now), retry_at]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Pass::Done(schedule::wait_for(due, now_ms())))
+}
+
+/// Fault-injection hook for the restart-safety tests: with
+/// `CANARYD_FAULT_ABORT_AFTER_COMMIT=<namespace>/<deployment>`, the process
+/// dies (like kill -9: no unwinding, no cleanup) right after a commit that
+/// left actions pending for that Deployment, before carrying any out.
+pub const FAULT_ABORT_AFTER_COMMIT: &str = "CANARYD_FAULT_ABORT_AFTER_COMMIT";
+
+fn abort_after_commit_if_asked(policy: &Policy) {
+    let Ok(wanted) = std::env::var(FAULT_ABORT_AFTER_COMMIT) else {
+        return;
+    };
+    if wanted == format!("{}/{}", policy.namespace, policy.deployment) {
+        tracing::error!(service = %policy.service, hook = FAULT_ABORT_AFTER_COMMIT, "Aborting after the commit, before its actions.");
+        std::process::abort();
+    }
+}
+
+/// How a pending list ended on this pass.
+enum Finished {
+    /// Carried out and cleared.
+    Done,
+    /// An attempt failed and was recorded; the pass starts over.
+    Recorded,
+    /// Still failing, no attempt due yet: decide with it.
+    Failing(Pending),
+}
+
+/// Finishes a pending list found at the start of a pass: carries it out from
+/// where it failed, when an attempt is due.
+async fn finish(
+    ctx: &Context,
+    policy: &Policy,
+    observed: &Observed,
+    pending: Pending,
+    now: u64,
+) -> Result<Finished> {
+    if !pending.due(now) {
+        return Ok(Finished::Failing(pending));
+    }
+    tracing::info!(service = %policy.service, actions = pending.actions.len(), "Finishing committed actions.");
+    Ok(
+        match carry_out(ctx, policy, observed, pending, now).await? {
+            Finished::Failing(_) => Finished::Recorded,
+            other => other,
+        },
+    )
+}
+
+/// Carries out `pending` (from its failed action on) and clears it, or
+/// records the failure: an Event when it is news, a log line and the board
+/// entry every time. A conflict or lost leadership ends the pass instead.
+async fn carry_out(
+    ctx: &Context,
+    policy: &Policy,
+    observed: &Observed,
+    mut pending: Pending,
+    now: u64,
+) -> Result<Finished> {
+    let from = pending.failure.as_ref().map_or(0, |f| f.index);
+    let todo = pending.actions.get(from..).unwrap_or_default();
+    let (index, err) = match act::carry_out(ctx, policy, observed, todo).await {
+        Ok(()) => {
+            act::clear_pending(ctx, policy, &pending).await?;
+            return Ok(Finished::Done);
+        }
+        Err((_, e @ Error::Conflict { .. })) => return Err(e),
+        Err((_, e)) if !ctx.is_leader() => return Err(e),
+        Err((i, e)) => (from + i, e),
+    };
+    let key = format!("{}/{}", policy.namespace, policy.deployment);
+    let news = pending.record_failure(index, &err.to_string(), now, &key);
+    act::store_failure(ctx, policy, &pending).await?;
+    record::error(ctx, policy, &err);
+    ctx.server.metrics.reconcile_errors.inc();
+    if let Some(f) = &pending.failure {
+        let retry_in = f.retry_at.saturating_sub(now);
+        tracing::warn!(
+            service = %policy.service,
+            action = %f.action,
+            attempts = f.attempts,
+            retry_in_secs = retry_in,
+            error = %f.error,
+            "Action failed; backing off."
+        );
+        if news {
+            let message = format!(
+                "{} failed (attempt {}; next in {}s; the rollout rolls back {} after the first failure if it keeps failing): {}",
+                f.action,
+                f.attempts,
+                retry_in,
+                rollout::format_secs(policy.progress_deadline.as_secs()),
+                f.error
+            );
+            let reason = Reason::ActionFailed.to_string();
+            act::publish(
+                ctx,
+                &observed.deployment,
+                EventKind::Warning,
+                &reason,
+                &message,
+            )
+            .await;
+        }
+    }
+    Ok(Finished::Failing(pending))
+}
+
+/// When to look again at a failing list: its next attempt or its limit.
+fn retry_due(policy: &Policy) -> impl Fn(&Pending) -> Option<u64> + '_ {
+    move |p| {
+        p.failure.as_ref().map(|f| {
+            f.retry_at
+                .min(f.since.saturating_add(policy.progress_deadline.as_secs()))
+        })
+    }
 }
 
 fn log_transition(

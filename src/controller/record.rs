@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::pending::Pending;
 use super::Context;
 use crate::judge::{Decision, Verdict};
 use crate::policy::Policy;
@@ -35,6 +36,10 @@ fn decision_label(d: Decision) -> &'static str {
 
 /// The board entry for `policy` in `state`.
 pub fn status(policy: &Policy, state: &RolloutState, alerts: &[String]) -> ServiceStatus {
+    let ended = matches!(
+        state.phase,
+        Phase::RollingBack | Phase::RolledBack | Phase::Failed
+    );
     ServiceStatus {
         service: policy.service.clone(),
         namespace: policy.namespace.clone(),
@@ -46,12 +51,32 @@ pub fn status(policy: &Policy, state: &RolloutState, alerts: &[String]) -> Servi
             .map(|v| Verdict::new(v.decision, v.reason.clone())),
         firing_alerts: alerts.to_vec(),
         last_error: None,
+        reason: state.message.clone().filter(|_| ended),
+        failing_action: None,
     }
 }
 
 /// Puts `policy`'s entry on the board and updates the phase gauge.
-pub fn board(ctx: &Context, policy: &Policy, state: &RolloutState, alerts: &[String]) {
+/// `failing` is a pending list whose actions keep failing.
+pub fn board(
+    ctx: &Context,
+    policy: &Policy,
+    state: &RolloutState,
+    alerts: &[String],
+    failing: Option<&Pending>,
+) {
     let mut entry = status(policy, state, alerts);
+    entry.failing_action = failing.and_then(|p| p.failure.as_ref()).map(|f| {
+        format!(
+            "{} failing since {} ({} attempt(s)): {}",
+            f.action,
+            k8s_openapi::jiff::Timestamp::from_second(f.since as i64)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            f.attempts,
+            f.error
+        )
+    });
     entry.last_error = ctx
         .errors
         .lock()

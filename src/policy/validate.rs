@@ -112,7 +112,15 @@ pub(crate) fn validate(
         top,
         "deployment",
         NameRule::Subdomain,
-    );
+    )
+    .filter(|_| {
+        derived_fits(
+            &mut ctx,
+            r.deployment.as_ref(),
+            "deployment",
+            BASELINE_RS_SUFFIX,
+        )
+    });
     let progress_deadline = duration_or(
         &mut ctx,
         &r.progress_deadline,
@@ -268,6 +276,56 @@ fn check_name(
         );
         None
     }
+}
+
+/// Longest RFC 1123 subdomain (Deployment, ReplicaSet and Ingress names).
+const MAX_SUBDOMAIN: usize = 253;
+
+/// A name canaryd derives by appending to one from the policy.
+struct Derived {
+    /// Characters appended.
+    len: usize,
+    /// The derived name, for messages.
+    shape: &'static str,
+}
+
+/// The longest name derived from the Deployment's: the baseline's
+/// ReplicaSet, `<deployment>-baseline-<10-character template hash>`.
+const BASELINE_RS_SUFFIX: Derived = Derived {
+    len: "-baseline-".len() + 10,
+    shape: "<deployment>-baseline-<template hash>",
+};
+
+/// The canary Ingress, `<ingress>-canary`.
+const CANARY_INGRESS_SUFFIX: Derived = Derived {
+    len: "-canary".len(),
+    shape: "<ingress>-canary",
+};
+
+/// Whether a name stays within Kubernetes' limit once canaryd appends to it
+/// (reported here, at load, instead of as a 422 mid-rollout).
+fn derived_fits(
+    ctx: &mut Ctx<'_>,
+    v: Option<&Spanned<String>>,
+    path: &str,
+    derived: Derived,
+) -> bool {
+    let Some(v) = v else { return true };
+    let len = v.value.len();
+    if len + derived.len <= MAX_SUBDOMAIN {
+        return true;
+    }
+    ctx.err(
+        v.referenced,
+        path,
+        format!(
+            "name is {len} characters; canaryd's {} would be {}, above the {MAX_SUBDOMAIN} Kubernetes allows; use at most {}",
+            derived.shape,
+            len + derived.len,
+            MAX_SUBDOMAIN - derived.len
+        ),
+    );
+    false
 }
 
 fn required_name(
@@ -509,6 +567,9 @@ fn validate_traffic(ctx: &mut Ctx<'_>, t: &Option<Spanned<RawTraffic>>) -> Optio
                     None
                 }
                 Some(i) => check_name(ctx, i, "traffic.ingress", NameRule::Subdomain)
+                    .filter(|_| {
+                        derived_fits(ctx, Some(i), "traffic.ingress", CANARY_INGRESS_SUFFIX)
+                    })
                     .map(|ingress| Traffic::IngressNginx { ingress }),
             }
         }

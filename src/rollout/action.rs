@@ -175,3 +175,36 @@ impl Action {
         }
     }
 }
+
+/// A short label, e.g. `SetWeight 10%` or `EnsureCanary 7c9d2f1e4b x2`.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Action::EnsureCanary {
+                template_hash,
+                replicas,
+            } => format!("EnsureCanary {template_hash} x{replicas}"),
+            Action::EnsureBaseline {
+                template_hash,
+                replicas,
+            } => format!("EnsureBaseline {template_hash} x{replicas}"),
+            Action::DeleteCanary => String::from("DeleteCanary"),
+            Action::DeleteBaseline => String::from("DeleteBaseline"),
+            Action::SetWeight { percent } => format!("SetWeight {percent}%"),
+            Action::SwitchSelector {
+                service,
+                to_version,
+            } => format!("SwitchSelector {service} -> {to_version}"),
+            Action::Promote { template_hash } => format!("Promote {template_hash}"),
+            Action::RestoreStable {
+                template_hash,
+                replacing,
+            } => format!("RestoreStable {template_hash} (replacing {replacing})"),
+            Action::MarkFailedRevision { hash } => format!("MarkFailedRevision {hash}"),
+            Action::ClearApproval => String::from("ClearApproval"),
+            Action::ClearAbort => String::from("ClearAbort"),
+            Action::Event { reason, .. } => format!("Event {reason}"),
+        };
+        f.write_str(&text)
+    }
+}

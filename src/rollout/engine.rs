@@ -6,7 +6,7 @@ use crate::policy::{Analysis, BlueGreenStrategy, OnNoData, Policy, Strategy};
 
 use super::action::{Action, EventKind, Reason};
 use super::fresh;
-use super::input::{Input, Target};
+use super::input::{ActionFailure, Input, Target};
 use super::plan::{planned_step, step_count, PlannedStep};
 use super::state::{HoldCause, Phase, RolloutState, StepEvidence, VerdictRecord};
 
@@ -35,6 +35,10 @@ where
         actions: Vec::new(),
     };
     tx.next.observed_generation = Some(input.target.generation);
+    if let Some(failure) = &input.failing {
+        on_failing(&mut tx, failure);
+        return (tx.next, tx.actions);
+    }
     match state.phase {
         Phase::Idle | Phase::RolledBack | Phase::Failed => on_resting(&mut tx),
         Phase::Initializing => on_initializing(&mut tx),
@@ -149,6 +153,88 @@ fn candidate(state: &RolloutState, target: &Target) -> Option<String> {
         && *desired != target.stable_hash
         && state.failed_revision.as_ref() != Some(desired);
     fresh.then(|| desired.clone())
+}
+
+// ---- failing actions ---------------------------------------------------------
+
+/// Committed actions keep failing: nothing moves forward until they succeed.
+/// Alerts, aborts and newer templates still interrupt a rollout in flight
+/// (their actions replace the failing ones); after `progressDeadline` since
+/// the first failure (or past `maxDuration` while analysing) the rollout rolls
+/// back, and a rollback that cannot be carried out ends in `Failed`.
+fn on_failing(tx: &mut Tx, failure: &ActionFailure) {
+    let phase = tx.next.phase;
+    let failed_for = tx.now().saturating_sub(failure.since);
+    let what = format!(
+        "{} failing for {} ({} attempt(s)): {}",
+        failure.action,
+        format_secs(failed_for),
+        failure.attempts,
+        failure.error
+    );
+    match phase {
+        Phase::RollingBack => {
+            if tx.deadline_passed(tx.next.phase_started_at) {
+                let message = format!(
+                    "rollback to {} cannot be carried out within progressDeadline {}: {what}; needs a human",
+                    tx.stable(),
+                    format_secs(tx.policy.progress_deadline.as_secs())
+                );
+                tx.next.message = Some(message.clone());
+                tx.enter(Phase::Failed);
+                tx.event(EventKind::Warning, Reason::RollbackFailed, message);
+            }
+        }
+        _ if phase.is_resting() => {
+            if tx.deadline_passed(failure.since) {
+                let message = format!("gave up after progressDeadline: {what}");
+                tx.event(EventKind::Warning, Reason::ActionDeadlineExceeded, message);
+            }
+        }
+        Phase::Promoting | Phase::Promoted => failing_after_promotion(tx, failure, &what),
+        Phase::Initializing | Phase::Progressing { .. } | Phase::WaitingForGate { .. } => {
+            if interrupted(tx) {
+                return;
+            }
+            let max_at = tx
+                .next
+                .analysis_started_at
+                .map(|s| s.saturating_add(tx.policy.analysis.max_duration.as_secs()));
+            let over_max = max_at.is_some_and(|at| tx.now() >= at);
+            if tx.deadline_passed(failure.since) || over_max {
+                let limit = if over_max {
+                    "maxDuration"
+                } else {
+                    "progressDeadline"
+                };
+                let message = format!("{what}; rolling back at the {limit} limit");
+                roll_back(tx, Reason::ActionDeadlineExceeded, message);
+            }
+        }
+        Phase::Idle | Phase::RolledBack | Phase::Failed => {}
+    }
+}
+
+/// Failing actions after the promotion began: a matching alert in the guard
+/// window (canary: or while promoting) still rolls back; past the limit the
+/// cleanup is given up with a Warning, the promotion stands.
+fn failing_after_promotion(tx: &mut Tx, failure: &ActionFailure, what: &str) {
+    let promoted_at = tx.next.promoted_at.unwrap_or(tx.next.phase_started_at);
+    // Blue-green promotes after its guard window; a canary promotes inside it.
+    let in_guard = match tx.next.phase {
+        Phase::Promoting => blue_green(tx.policy).is_none(),
+        _ => tx.now() < promoted_at.saturating_add(guard_secs(tx.policy)),
+    };
+    if in_guard && !tx.input.alerts.is_empty() {
+        return alert_rollback(tx);
+    }
+    if in_guard && tx.input.abort {
+        return abort(tx);
+    }
+    if tx.deadline_passed(failure.since) {
+        let message = format!("gave up after progressDeadline: {what}; the promotion stands");
+        tx.event(EventKind::Warning, Reason::ActionDeadlineExceeded, message);
+    }
 }
 
 // ---- resting: Idle, RolledBack, Failed --------------------------------------

@@ -70,4 +70,20 @@ pub struct Input {
     pub approved: bool,
     /// A manual abort is requested.
     pub abort: bool,
+    /// Committed actions that keep failing, if any: the rollout does not move
+    /// forward until they succeed, and gives up at the limit.
+    pub failing: Option<ActionFailure>,
+}
+
+/// Committed actions the controller could not carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActionFailure {
+    /// The action that failed, e.g. `SetWeight 10%`.
+    pub action: String,
+    /// The API's message for the last attempt.
+    pub error: String,
+    /// When the first attempt failed, Unix seconds.
+    pub since: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
 }

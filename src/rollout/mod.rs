@@ -17,7 +17,7 @@ mod tests;
 
 pub use action::{Action, EventKind, Reason};
 pub use engine::{format_secs, next_window_close, step, step_with};
-pub use input::{Input, PodCounts, Target};
+pub use input::{ActionFailure, Input, PodCounts, Target};
 pub use plan::{expected_canary_share, planned_step, step_count, PlannedStep, ReadyPods};
 pub use state::{
     HoldCause, Phase, RolloutState, StateError, StepEvidence, VerdictRecord, MAX_VERDICTS,

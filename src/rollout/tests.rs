@@ -141,6 +141,11 @@ impl Sim {
         let decision = self.decision;
         let judge = |_: &Analysis, _: &crate::judge::Evidence| verdict(decision);
         let (next, actions) = step_with(&self.policy, &self.state, &self.input, judge);
+        if !actions.is_empty() {
+            // The controller replaces a failing pending list with whatever
+            // the engine decided (controller/pending.rs).
+            self.input.failing = None;
+        }
         let (again, repeated) = step_with(&self.policy, &next, &self.input, judge);
         assert!(
             repeated.is_empty(),
@@ -1264,4 +1269,121 @@ fn real_judge_holds_on_a_metric_that_went_silent() {
     );
     assert_eq!(sim.state.phase, Phase::Progressing { step: 0 });
     assert!(message_of(&all, Reason::NoData).contains("latency"));
+}
+
+// ---- Failing actions ----------------------------------------------------------
+
+fn failure(since_min: u64) -> ActionFailure {
+    ActionFailure {
+        action: "SetWeight 5%".into(),
+        error: "ingresses.networking.k8s.io \"myapp-canary\" is forbidden".into(),
+        since: T0 + since_min * MIN,
+        attempts: 3,
+    }
+}
+
+#[test]
+fn failing_actions_hold_the_step_then_roll_back_at_progress_deadline() {
+    let mut sim = Sim::new(ingress_policy());
+    sim.analysing();
+    sim.input.failing = Some(failure(1));
+    // Windows close and observe time passes: nothing moves while it fails.
+    for m in 1..=10 {
+        let actions = sim.at(m * MIN).window().pods_up().tick();
+        assert!(actions.is_empty(), "minute {m}: {actions:?}");
+        sim.input.failing = Some(failure(1));
+    }
+    assert_eq!(sim.state.phase, Phase::Progressing { step: 0 });
+    assert!(
+        sim.state.verdicts.is_empty(),
+        "no window judged while failing"
+    );
+    let actions = sim.at(11 * MIN).pods_up().tick();
+    assert_eq!(reasons(&actions), vec![Reason::ActionDeadlineExceeded]);
+    let message = message_of(&actions, Reason::ActionDeadlineExceeded);
+    assert!(
+        message.contains("SetWeight 5% failing for 10m (3 attempt(s))"),
+        "{message}"
+    );
+    assert!(message.contains("is forbidden"), "{message}");
+    assert!(message.contains("progressDeadline limit"), "{message}");
+    assert_eq!(sim.state.phase, Phase::RollingBack);
+    assert!(actions.contains(&Action::SetWeight { percent: 0 }));
+}
+
+#[test]
+fn an_alert_still_rolls_back_while_actions_fail() {
+    let mut sim = Sim::new(ingress_policy());
+    sim.analysing();
+    sim.input.failing = Some(failure(0));
+    sim.input.alerts = vec!["HighErrorRate".into()];
+    let actions = sim.at(2 * MIN).tick();
+    assert_eq!(reasons(&actions), vec![Reason::AlertRollback]);
+    assert_eq!(sim.state.phase, Phase::RollingBack);
+}
+
+#[test]
+fn an_abort_still_rolls_back_while_actions_fail() {
+    let mut sim = Sim::new(ingress_policy());
+    sim.analysing();
+    sim.input.failing = Some(failure(0));
+    sim.input.abort = true;
+    let actions = sim.at(2 * MIN).tick();
+    assert_eq!(reasons(&actions), vec![Reason::Aborted]);
+}
+
+#[test]
+fn failing_actions_past_max_duration_roll_back() {
+    let mut policy = ingress_policy();
+    policy.progress_deadline = Duration::from_secs(60 * MIN);
+    policy.analysis.max_duration = Duration::from_secs(20 * MIN);
+    let mut sim = Sim::new(policy);
+    sim.analysing();
+    sim.input.failing = Some(failure(5));
+    assert!(sim.at(19 * MIN).tick().is_empty());
+    sim.input.failing = Some(failure(5));
+    let actions = sim.at(20 * MIN).tick();
+    assert_eq!(reasons(&actions), vec![Reason::ActionDeadlineExceeded]);
+    assert!(message_of(&actions, Reason::ActionDeadlineExceeded).contains("maxDuration limit"));
+}
+
+#[test]
+fn a_rollback_that_cannot_be_carried_out_ends_failed_with_its_reason() {
+    let mut sim = Sim::new(ingress_policy());
+    sim.analysing();
+    sim.input.alerts = vec!["HighErrorRate".into()];
+    sim.at(MIN).tick();
+    assert_eq!(sim.state.phase, Phase::RollingBack);
+    sim.input.failing = Some(failure(1));
+    assert!(sim.at(5 * MIN).tick().is_empty());
+    sim.input.failing = Some(failure(1));
+    let actions = sim.at(11 * MIN).tick();
+    assert_eq!(reasons(&actions), vec![Reason::RollbackFailed]);
+    assert_eq!(sim.state.phase, Phase::Failed);
+    let message = sim.state.message.clone().unwrap();
+    assert!(message.contains("cannot be carried out"), "{message}");
+    assert!(message.contains("is forbidden"), "{message}");
+    // Resting in Failed: the same revision is not started again.
+    assert!(sim.at(12 * MIN).tick().is_empty());
+}
+
+#[test]
+fn failing_cleanup_after_promotion_is_given_up_and_the_promotion_stands() {
+    let mut sim = promoted_canary();
+    let at = sim.input.now;
+    // Failing since before the promotion; the limit comes inside the guard window.
+    sim.input.failing = Some(ActionFailure {
+        since: at - 5 * MIN,
+        ..failure(0)
+    });
+    assert!(sim.at(at - T0 + 4 * MIN).tick().is_empty());
+    sim.input.failing = Some(ActionFailure {
+        since: at - 5 * MIN,
+        ..failure(0)
+    });
+    let later = at - T0 + 5 * MIN;
+    let actions = sim.at(later).tick();
+    assert_eq!(reasons(&actions), vec![Reason::ActionDeadlineExceeded]);
+    assert!(message_of(&actions, Reason::ActionDeadlineExceeded).contains("the promotion stands"));
+    assert_eq!(sim.state.phase, Phase::Promoted);
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::policy::Policy;
-use crate::rollout::{format_secs, Action};
+use crate::rollout::format_secs;
 
 use super::{describe_plan, EntryKind, OutcomeKind, Run, Scenario, Spread, Summary};
 
@@ -14,35 +14,6 @@ pub fn format_offset(secs: u64) -> String {
         format!("+{h}:{m:02}:{s:02}")
     } else {
         format!("+{m:02}:{s:02}")
-    }
-}
-
-fn describe_action(action: &Action) -> String {
-    match action {
-        Action::EnsureCanary {
-            template_hash,
-            replicas,
-        } => format!("EnsureCanary {template_hash} x{replicas}"),
-        Action::EnsureBaseline {
-            template_hash,
-            replicas,
-        } => format!("EnsureBaseline {template_hash} x{replicas}"),
-        Action::DeleteCanary => String::from("DeleteCanary"),
-        Action::DeleteBaseline => String::from("DeleteBaseline"),
-        Action::SetWeight { percent } => format!("SetWeight {percent}%"),
-        Action::SwitchSelector {
-            service,
-            to_version,
-        } => format!("SwitchSelector {service} -> {to_version}"),
-        Action::Promote { template_hash } => format!("Promote {template_hash}"),
-        Action::RestoreStable {
-            template_hash,
-            replacing,
-        } => format!("RestoreStable {template_hash} (replacing {replacing})"),
-        Action::MarkFailedRevision { hash } => format!("MarkFailedRevision {hash}"),
-        Action::ClearApproval => String::from("ClearApproval"),
-        Action::ClearAbort => String::from("ClearAbort"),
-        Action::Event { reason, .. } => format!("Event {reason}"),
     }
 }
 
@@ -105,7 +76,7 @@ pub fn render_run(policy: &Policy, scenario: &Scenario, run: &Run) -> String {
                 reason,
                 message,
             } => format!("{:<7} {:<24} {message}", format!("{kind:?}"), reason.to_string()),
-            EntryKind::Action { action } => format!("  -> {}", describe_action(action)),
+            EntryKind::Action { action } => format!("  -> {}", action),
         };
         let _ = writeln!(
             out,
