@@ -79,6 +79,15 @@ def main():
         cases.append((x, y))
     cases.append(([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]))
     cases.append(([1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]))
+    # unequal lengths, as left by per-arm NaN removal (own generator, so the
+    # cases above stay as they were)
+    rng2 = np.random.default_rng(20250113)
+    for n1, n2 in [(7, 10), (10, 7), (3, 12), (12, 3), (9, 16)]:
+        for shift in (0.0, 0.8):
+            x = np.round(rng2.lognormal(shift, 0.5, n1), 6)
+            y = np.round(rng2.lognormal(0.0, 0.5, n2), 6)
+            cases.append((x.tolist(), y.tolist()))
+            cases.append((np.round(x, 1).tolist(), np.round(y, 1).tolist()))
     out = []
     for x, y in cases:
         r = stats.mannwhitneyu(x, y)
