@@ -187,6 +187,87 @@ fn mann_whitney_matches_scipy_vectors() {
     assert!(exact > 10 && exact < cases.len());
 }
 
+/// Checks each metric of `canaryd judge DOC`'s verdict against scipy's
+/// numbers for the arms left after Kayenta's per-arm NaN strategy
+/// (`classic-expected.json`, from `scripts/gen-mannwhitney-vectors.py`).
+fn assert_classic_matches_scipy(doc: &str, verdict: &serde_json::Value) {
+    let text = std::fs::read_to_string(fixture("classic-expected.json")).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let want = &want["documents"][doc];
+    // every window was replayed (no early rollback changed the arms)
+    assert_eq!(verdict["windows"], want["windows"], "{verdict}");
+    let metrics = want["metrics"].as_object().unwrap();
+    assert_eq!(verdict["metrics"].as_array().unwrap().len(), metrics.len());
+    for (name, w) in metrics {
+        let m = verdict["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} missing from {verdict}"));
+        let n = |arm: &str| w[arm].as_array().unwrap().len() as f64;
+        assert_eq!(m["canary"]["n"].as_f64(), Some(n("canary")), "{name}: {m}");
+        assert_eq!(
+            m["baseline"]["n"].as_f64(),
+            Some(n("baseline")),
+            "{name}: {m}"
+        );
+        for (what, got, key) in [
+            ("U", &m["statistic"], "u"),
+            ("p", &m["pValue"], "p"),
+            ("HL", &m["estimate"], "hl"),
+            ("lower", &m["interval"]["lower"], "lower"),
+            ("upper", &m["interval"]["upper"], "upper"),
+            ("level", &m["interval"]["level"], "confidence"),
+            ("canary mean", &m["canary"]["mean"], "meanCanary"),
+            ("baseline mean", &m["baseline"]["mean"], "meanBaseline"),
+        ] {
+            let got = got.as_f64().unwrap_or(f64::NAN);
+            let want = w[key].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                "{doc} {name}: {what} {got} vs scipy {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn classic_drops_missing_values_per_arm_and_matches_scipy() {
+    // Nulls in one arm's windows (10 vs 7 and 3 vs 12 values), baseline
+    // windows without requests, and the same data with nanStrategy replace.
+    let (code, out, err) = judge("classic-per-arm.json");
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mode"], "classic");
+    assert_eq!(decision_of(&out), "continue", "{out}");
+    assert_classic_matches_scipy("classic-per-arm.json", &v);
+    // A window where only one arm had data is not a paired window.
+    let cpu = &v["metrics"][0];
+    assert_eq!(
+        (cpu["windows"].as_u64(), cpu["noDataWindows"].as_u64()),
+        (Some(5), Some(7)),
+        "{cpu}"
+    );
+}
+
+#[test]
+fn classic_arms_of_unequal_length_match_scipy_but_a_short_arm_is_stale() {
+    // The canary's series ends 4 windows before the baseline's: its 7 values
+    // are judged against the baseline's 10, but the metric has no paired
+    // data in its latest windows, so the verdict is inconclusive.
+    let (code, out, err) = judge("classic-unequal-length.json");
+    assert_eq!(code, 3, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(decision_of(&out), "inconclusive");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no usable data for latency-ms: no usable data in the last 4 window(s)"),
+        "{reason}"
+    );
+    assert_classic_matches_scipy("classic-unequal-length.json", &v);
+}
+
 fn spec(name: &str, kind: MetricKind, direction: Direction) -> MetricSpec {
     MetricSpec {
         name: name.into(),

@@ -141,13 +141,15 @@ pub struct MetricEvidence {
     pub name: String,
     /// Windows with usable data for both arms.
     pub windows: u32,
-    /// Windows without usable data.
+    /// Windows without usable data for both arms (including windows where
+    /// only one arm had data; that arm's value is still kept in `series`).
     pub no_data: u32,
     /// Why the last unusable window was unusable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_problem: Option<String>,
     /// Unusable (or absent) windows since the last usable one: evidence from
-    /// before a gap cannot clear the release while the gap lasts.
+    /// before a gap cannot clear the release while the gap lasts. A window
+    /// where only one arm had data is a gap too.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stale: u32,
     /// Error/request counts.
@@ -159,7 +161,9 @@ pub struct MetricEvidence {
     /// Gauge values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gauge: Option<GaugeEvidence>,
-    /// One value per usable window and arm (capped at [`MAX_SERIES`]).
+    /// One point per window in which at least one arm had usable data
+    /// (capped at [`MAX_SERIES`]); an arm without usable data in that window
+    /// has `None`, so classic mode can drop or replace it per arm.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
 }
@@ -244,7 +248,8 @@ pub struct GaugeEvidence {
 }
 
 /// One window's summary value per arm: error ratio, latency p90 (plus the
-/// canary's p99 for bounds) or gauge value; `None` when undefined.
+/// canary's p99 for bounds) or gauge value; `None` when undefined (no
+/// requests) or when that arm had no usable data in the window.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SeriesPoint {
     /// Canary value.

@@ -77,11 +77,33 @@ pub(super) fn record(ev: &mut Evidence, window: &WindowObservation) {
     }
 }
 
-fn shape(v: &Sample) -> &'static str {
-    match v {
-        Sample::Counts { .. } => "counts",
-        Sample::Buckets(_) => "buckets",
-        Sample::Gauge(_) => "a gauge",
+/// One arm's sample after the checks that need only that arm.
+enum Checked {
+    Counts { errors: f64, total: f64 },
+    Buckets(CheckedHistogram),
+    Gauge(f64),
+}
+
+impl Checked {
+    fn shape(&self) -> &'static str {
+        match self {
+            Checked::Counts { .. } => "counts",
+            Checked::Buckets(_) => "buckets",
+            Checked::Gauge(_) => "a gauge",
+        }
+    }
+
+    /// The arm's per-window value (error ratio, p90 or gauge value) and, for
+    /// latency, its p99; `None` when undefined (no requests).
+    fn summary(&self) -> (Option<f64>, Option<f64>) {
+        match self {
+            Checked::Counts { errors, total } => ((*total > 0.0).then(|| errors / total), None),
+            Checked::Buckets(h) => (
+                h.quantile(0.9).and_then(finite),
+                h.quantile(0.99).and_then(finite),
+            ),
+            Checked::Gauge(v) => (Some(*v), None),
+        }
     }
 }
 
@@ -96,28 +118,93 @@ fn finite(v: f64) -> Option<f64> {
 }
 
 /// Folds one metric window; returns the arms' request counts when known.
+///
+/// Each arm is checked on its own first. When both are usable the window
+/// feeds every test; when only one is, that arm's value still goes into the
+/// per-window series (classic mode drops or replaces missing values per arm,
+/// as Kayenta does) and the window counts as "no data" for the metric. A
+/// window where neither arm is usable, or where the arms do not fit together
+/// (different shapes, different bucket bounds), adds nothing.
 fn fold_metric(m: &mut MetricEvidence, mw: &MetricWindow) -> Result<Option<(f64, f64)>, String> {
-    let (c, b) = match (&mw.canary, &mw.baseline) {
-        (ArmValue::NoData(r), _) => return Err(format!("canary: {r}")),
-        (_, ArmValue::NoData(r)) => return Err(format!("baseline: {r}")),
-        (ArmValue::Sample(c), ArmValue::Sample(b)) => (c, b),
+    let c = check_arm(m, "canary", &mw.canary);
+    let b = check_arm(m, "baseline", &mw.baseline);
+    match (c, b) {
+        (Ok(c), Ok(b)) => fold_pair(m, c, b),
+        (Err(problem), Err(_)) => Err(problem),
+        (Ok(c), Err(problem)) => {
+            let (c, c99) = c.summary();
+            push_point(m, SeriesPoint { c, b: None, c99 });
+            Err(problem)
+        }
+        (Err(problem), Ok(b)) => {
+            let (b, _) = b.summary();
+            push_point(
+                m,
+                SeriesPoint {
+                    c: None,
+                    b,
+                    c99: None,
+                },
+            );
+            Err(problem)
+        }
+    }
+}
+
+/// Checks one arm's data on its own: present, valid, and of the shape (and
+/// bucket bounds) the metric had in earlier windows.
+fn check_arm(m: &MetricEvidence, arm: &str, value: &ArmValue) -> Result<Checked, String> {
+    let sample = match value {
+        ArmValue::NoData(r) => return Err(format!("{arm}: {r}")),
+        ArmValue::Sample(s) => s,
     };
+    let other_shape = |name: &str| format!("{arm}: metric changed from another shape to {name}");
+    match sample {
+        Sample::Counts { errors, total } => {
+            if m.latency.is_some() || m.gauge.is_some() {
+                return Err(other_shape("counts"));
+            }
+            let (errors, total) = check_counts(arm, *errors, *total)?;
+            Ok(Checked::Counts { errors, total })
+        }
+        Sample::Buckets(h) => {
+            if m.counts.is_some() || m.gauge.is_some() {
+                return Err(other_shape("buckets"));
+            }
+            let h = histogram::check(h).map_err(|e| format!("{arm}: {e}"))?;
+            if let Some(ev) = m.latency.as_ref().filter(|ev| ev.le != h.le) {
+                return Err(format!(
+                    "{arm}: bucket boundaries changed: were {:?}, now {:?}",
+                    ev.le, h.le
+                ));
+            }
+            Ok(Checked::Buckets(h))
+        }
+        Sample::Gauge(v) => {
+            if m.counts.is_some() || m.latency.is_some() {
+                return Err(other_shape("a gauge"));
+            }
+            if !v.is_finite() {
+                return Err(format!("{arm}: gauge value is {v}"));
+            }
+            Ok(Checked::Gauge(*v))
+        }
+    }
+}
+
+/// Folds a window in which both arms are usable on their own.
+fn fold_pair(m: &mut MetricEvidence, c: Checked, b: Checked) -> Result<Option<(f64, f64)>, String> {
     match (c, b) {
         (
-            Sample::Counts {
+            Checked::Counts {
                 errors: ce,
                 total: ct,
             },
-            Sample::Counts {
+            Checked::Counts {
                 errors: be,
                 total: bt,
             },
         ) => {
-            if m.latency.is_some() || m.gauge.is_some() {
-                return Err("metric changed from another shape to counts".into());
-            }
-            let (ce, ct) = check_counts("canary", *ce, *ct)?;
-            let (be, bt) = check_counts("baseline", *be, *bt)?;
             let ev = m.counts.get_or_insert_with(CountsEvidence::default);
             ev.canary_errors += ce;
             ev.canary_total += ct;
@@ -138,69 +225,51 @@ fn fold_metric(m: &mut MetricEvidence, mw: &MetricWindow) -> Result<Option<(f64,
             );
             Ok(Some((ct, bt)))
         }
-        (Sample::Buckets(ch), Sample::Buckets(bh)) => {
-            if m.counts.is_some() || m.gauge.is_some() {
-                return Err("metric changed from another shape to buckets".into());
-            }
-            let ch = histogram::check(ch).map_err(|e| format!("canary: {e}"))?;
-            let bh = histogram::check(bh).map_err(|e| format!("baseline: {e}"))?;
+        (Checked::Buckets(ch), Checked::Buckets(bh)) => {
             if ch.le != bh.le {
                 return Err(format!(
                     "differing bucket boundaries: canary {:?} vs baseline {:?}",
                     ch.le, bh.le
                 ));
             }
-            if let Some(ev) = &m.latency {
-                if ev.le != ch.le {
-                    return Err(format!(
-                        "bucket boundaries changed: were {:?}, now {:?}",
-                        ev.le, ch.le
-                    ));
-                }
-            }
             fold_latency(m, &ch, &bh);
             Ok(Some((ch.total(), bh.total())))
         }
-        (Sample::Gauge(cv), Sample::Gauge(bv)) => {
-            if m.counts.is_some() || m.latency.is_some() {
-                return Err("metric changed from another shape to a gauge".into());
-            }
-            if !cv.is_finite() {
-                return Err(format!("canary: gauge value is {cv}"));
-            }
-            if !bv.is_finite() {
-                return Err(format!("baseline: gauge value is {bv}"));
-            }
-            let ev = m.gauge.get_or_insert_with(GaugeEvidence::default);
-            ev.canary_sum += cv;
-            ev.baseline_sum += bv;
-            // Sequential sign test: under exchangeable arms the canary is the
-            // higher one with probability 1/2 in each window (ties carry none).
-            if cv > bv {
-                ev.higher = ev.higher.saturating_add(1);
-                ev.loglik.add(1.0, 1.0, 0.5);
-            } else if cv < bv {
-                ev.lower = ev.lower.saturating_add(1);
-                ev.loglik.add(0.0, 1.0, 0.5);
-            } else {
-                ev.loglik.add(0.0, 0.0, 0.5);
-            }
-            push_point(
-                m,
-                SeriesPoint {
-                    c: Some(*cv),
-                    b: Some(*bv),
-                    c99: None,
-                },
-            );
+        (Checked::Gauge(cv), Checked::Gauge(bv)) => {
+            fold_gauge(m, cv, bv);
             Ok(None)
         }
         (c, b) => Err(format!(
             "canary sent {} but baseline sent {}",
-            shape(c),
-            shape(b)
+            c.shape(),
+            b.shape()
         )),
     }
+}
+
+fn fold_gauge(m: &mut MetricEvidence, cv: f64, bv: f64) {
+    let ev = m.gauge.get_or_insert_with(GaugeEvidence::default);
+    ev.canary_sum += cv;
+    ev.baseline_sum += bv;
+    // Sequential sign test: under exchangeable arms the canary is the
+    // higher one with probability 1/2 in each window (ties carry none).
+    if cv > bv {
+        ev.higher = ev.higher.saturating_add(1);
+        ev.loglik.add(1.0, 1.0, 0.5);
+    } else if cv < bv {
+        ev.lower = ev.lower.saturating_add(1);
+        ev.loglik.add(0.0, 1.0, 0.5);
+    } else {
+        ev.loglik.add(0.0, 0.0, 0.5);
+    }
+    push_point(
+        m,
+        SeriesPoint {
+            c: Some(cv),
+            b: Some(bv),
+            c99: None,
+        },
+    );
 }
 
 fn check_counts(arm: &str, errors: f64, total: f64) -> Result<(f64, f64), String> {
@@ -261,4 +330,96 @@ fn fold_latency(m: &mut MetricEvidence, ch: &CheckedHistogram, bh: &CheckedHisto
         c99: ch.quantile(0.99).and_then(finite),
     };
     push_point(m, point);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(c: ArmValue, b: ArmValue) -> WindowObservation {
+        WindowObservation {
+            at_secs: 60.0,
+            expected_canary_share: None,
+            metrics: vec![MetricWindow {
+                name: "m".into(),
+                canary: c,
+                baseline: b,
+            }],
+        }
+    }
+
+    fn gauge(v: f64) -> ArmValue {
+        ArmValue::Sample(Sample::Gauge(v))
+    }
+
+    fn none() -> ArmValue {
+        ArmValue::NoData("null value".into())
+    }
+
+    #[test]
+    fn one_arm_missing_keeps_the_other_arms_value_but_is_no_data() {
+        let mut ev = Evidence::default();
+        ev.record(&window(gauge(1.0), gauge(2.0)));
+        ev.record(&window(gauge(3.0), none()));
+        ev.record(&window(none(), gauge(4.0)));
+        let m = &ev.metrics[0];
+        let pts: Vec<(Option<f64>, Option<f64>)> = m.series.iter().map(|p| (p.c, p.b)).collect();
+        assert_eq!(
+            pts,
+            vec![(Some(1.0), Some(2.0)), (Some(3.0), None), (None, Some(4.0))]
+        );
+        // Paired tests and staleness still need both arms.
+        assert_eq!((m.windows, m.no_data, m.stale), (1, 2, 2));
+        assert_eq!(m.last_problem.as_deref(), Some("canary: null value"));
+        let g = m.gauge.as_ref().map(|g| (g.canary_sum, g.baseline_sum));
+        assert_eq!(g, Some((1.0, 2.0)));
+    }
+
+    #[test]
+    fn neither_arm_or_mismatched_arms_add_no_point() {
+        let mut ev = Evidence::default();
+        ev.record(&window(none(), none()));
+        ev.record(&window(
+            ArmValue::Sample(Sample::Counts {
+                errors: 1.0,
+                total: 10.0,
+            }),
+            gauge(1.0),
+        ));
+        let m = &ev.metrics[0];
+        assert!(m.series.is_empty());
+        assert_eq!(m.no_data, 2);
+        assert_eq!(
+            m.last_problem.as_deref(),
+            Some("canary sent counts but baseline sent a gauge")
+        );
+    }
+
+    #[test]
+    fn an_invalid_arm_is_dropped_alone() {
+        let mut ev = Evidence::default();
+        let counts = |errors, total| ArmValue::Sample(Sample::Counts { errors, total });
+        ev.record(&window(counts(1.0, 10.0), counts(1.0, 20.0)));
+        ev.record(&window(counts(5.0, 2.0), counts(2.0, 20.0)));
+        ev.record(&window(counts(1.0, 4.0), gauge(0.5)));
+        let m = &ev.metrics[0];
+        let pts: Vec<(Option<f64>, Option<f64>)> = m.series.iter().map(|p| (p.c, p.b)).collect();
+        assert_eq!(
+            pts,
+            vec![
+                (Some(0.1), Some(0.05)),
+                (None, Some(0.1)),
+                (Some(0.25), None)
+            ]
+        );
+        assert_eq!(
+            m.last_problem.as_deref(),
+            Some("baseline: metric changed from another shape to a gauge")
+        );
+        let c = m
+            .counts
+            .as_ref()
+            .map(|c| (c.canary_total, c.baseline_total));
+        assert_eq!(c, Some((10.0, 20.0)));
+    }
 }

@@ -348,7 +348,10 @@ pub(super) fn bounds_report(spec: &MetricSpec, m: Option<&MetricEvidence>) -> Op
     if bounds.min.is_none() && bounds.max.is_none() {
         return None;
     }
-    let is_latency = m.is_some_and(|m| m.latency.is_some());
+    // A latency metric seen only in windows where one arm had data has no
+    // latency sums yet, but its canary points carry a p99.
+    let is_latency =
+        m.is_some_and(|m| m.latency.is_some() || m.series.iter().any(|p| p.c99.is_some()));
     let checked = if m.is_some_and(|m| m.counts.is_some()) {
         "error ratio per window"
     } else if is_latency {
