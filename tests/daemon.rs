@@ -100,11 +100,16 @@ struct Scene {
 
 impl Scene {
     async fn new() -> Scene {
+        Scene::with_behaviour(Arc::new(behaviour)).await
+    }
+
+    /// A scene whose pods are played by `behaviour` (`None`: not played).
+    async fn with_behaviour(behaviour: Arc<pods::BehaviourFn>) -> Scene {
         let ns = TestNamespace::create().await;
         let dir = tempfile::tempdir().unwrap();
         let sd = dir.path().join("pods.json");
         let prom = pods::start_prometheus(&sd);
-        let player = PodPlayer::start(ns.client(), ns.name(), &sd, RPS, Arc::new(behaviour));
+        let player = PodPlayer::start(ns.client(), ns.name(), &sd, RPS, behaviour);
         Scene {
             ns,
             dir,
@@ -156,18 +161,25 @@ impl Scene {
     }
 
     fn daemon(&self, policies: &Path, identity: &str) -> Daemon {
+        self.daemon_with_env(policies, identity, &[])
+    }
+
+    fn daemon_with_env(&self, policies: &Path, identity: &str, env: &[(&str, &str)]) -> Daemon {
         let token = self.dir.path().join("token");
         std::fs::write(&token, TOKEN).unwrap();
-        Daemon::start(&DaemonOptions {
-            policies,
-            kubeconfig: cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
-            lease_namespace: self.name(),
-            lease_name: None,
-            identity,
-            token_file: Some(&token),
-            json_log: true,
-            log_dir: self.dir.path(),
-        })
+        Daemon::start_with_env(
+            &DaemonOptions {
+                policies,
+                kubeconfig: cluster::kubeconfig_path(cluster::KUBECONFIG_ENV),
+                lease_namespace: self.name(),
+                lease_name: None,
+                identity,
+                token_file: Some(&token),
+                json_log: true,
+                log_dir: self.dir.path(),
+            },
+            env,
+        )
     }
 
     fn deployments(&self) -> Api<Deployment> {
@@ -1182,5 +1194,376 @@ async fn runs_with_the_least_privilege_of_deploy_rbac() {
         "no Forbidden errors:\n{log}"
     );
     delete_cluster_rbac(&admin, scene.name()).await;
+    scene.ns.cleanup().await;
+}
+
+// ---- faults: fresh evidence, bounded failures, kill -9 ---------------------------
+
+/// Three steps of 10 s at 5 s windows; `{deadline}` and `{max}` to fill in.
+const FAULT_POLICY: &str = r#"
+service: web
+namespace: {ns}
+deployment: web
+progressDeadline: {deadline}
+baseline: fresh
+traffic: {traffic}
+strategy:
+  canary:
+    steps:
+      - size: 1
+        {weight}observe: 10s
+      - size: 2
+        observe: 10s
+analysis:
+  prometheus:
+    url: {prom}
+  interval: 5s
+  maxDuration: {max}
+alerts:
+  matchers: ['service="web"']
+  guardWindow: 5s
+"#;
+
+fn fault_policy(deadline: &str, max: &str, traffic: &str, weight: Option<u8>) -> String {
+    FAULT_POLICY
+        .replace("{deadline}", deadline)
+        .replace("{max}", max)
+        .replace("{traffic}", traffic)
+        .replace(
+            "{weight}",
+            &weight.map_or(String::new(), |w| format!("weight: {w}\n        ")),
+        )
+}
+
+/// Step-transition Events seen so far.
+async fn advanced(scene: &Scene) -> usize {
+    let events = scene.events().await;
+    count(&events, "StepAdvanced") + count(&events, "AnalysisPassed")
+}
+
+/// Waits for the first Event of `reason`.
+async fn wait_event(scene: &Scene, daemon: &Daemon, reason: &str, within: Duration) -> Event {
+    wait_until(within, &format!("a {reason} Event"), || async {
+        let events = scene.events().await;
+        match events.iter().find(|e| e.reason.as_deref() == Some(reason)) {
+            Some(e) => Ok(e.clone()),
+            None => Err(format!(
+                "events {:?}; log:\n{}",
+                reasons(&events),
+                daemon.tail()
+            )),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_outage_holds_the_step_then_the_rollout_resumes() {
+    let mut scene = Scene::new().await;
+    scene.create_web(2).await;
+    let policies = scene.policies(&fault_policy("60s", "5m", "{type: replicas}", None));
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    scene.set_image(V2, None).await;
+    scene
+        .wait_phase(&daemon, "analysing step 1", |p| {
+            *p == Phase::Progressing { step: 0 }
+        })
+        .await;
+    scene.prom.kill();
+    let held = wait_event(&scene, &daemon, "NoData", SHORT).await;
+    let before = advanced(&scene).await;
+    // Longer than the step's observe time, twice over: still in the same step.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let d = scene.web().await;
+    assert!(
+        state_of(&d).phase.is_analysing(),
+        "{:?}",
+        state_of(&d).phase
+    );
+    assert_eq!(
+        advanced(&scene).await,
+        before,
+        "no step left while Prometheus is down"
+    );
+    let events = scene.events().await;
+    assert_eq!(
+        count(&events, "NoData"),
+        1,
+        "one hold Event: {:?}",
+        reasons(&events)
+    );
+    assert!(
+        held.note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("metric source failed"),
+        "{:?}",
+        held.note
+    );
+    scene.prom.restart();
+    wait_settled_on(&scene, &daemon, V2).await;
+    let events = scene.events().await;
+    assert!(count(&events, "HoldEnded") >= 1, "{:?}", reasons(&events));
+    assert_eq!(count(&events, "Promoted"), 1, "{:?}", reasons(&events));
+    scene.ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_down_past_max_duration_is_a_no_data_rollback() {
+    let mut scene = Scene::new().await;
+    scene.create_web(2).await;
+    let policies = scene.policies(&fault_policy("60s", "25s", "{type: replicas}", None));
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    scene.prom.kill();
+    scene.set_image(V2, None).await;
+    let d = scene
+        .wait_phase(&daemon, "rolled back", |p| *p == Phase::RolledBack)
+        .await;
+    assert_eq!(image(&d), V1);
+    let events = scene.events().await;
+    assert_eq!(
+        count(&events, "NoDataRollback"),
+        1,
+        "{:?}",
+        reasons(&events)
+    );
+    assert_eq!(advanced(&scene).await, 0, "{:?}", reasons(&events));
+    assert!(note(&events, "NoDataRollback").contains("maxDuration 25s"));
+    scene.ns.cleanup().await;
+}
+
+/// A Prometheus that answers 200 with garbage, cycling through invalid JSON,
+/// NaN samples and series without the canary/baseline split.
+async fn garbage_prometheus() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let n = Arc::new(AtomicU32::new(0));
+    let app = axum::Router::new().fallback(move || {
+        let n = n.clone();
+        async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match n.fetch_add(1, Ordering::Relaxed) % 3 {
+                0 => String::from("{\"status\":\"success\",\"data\":{\"resultType\":\"vector\",\"result\":[{"),
+                1 => format!("{{\"status\":\"success\",\"data\":{{\"resultType\":\"vector\",\"result\":[{{\"metric\":{{}},\"value\":[{now},\"NaN\"]}}]}}}}"),
+                _ => String::from("{\"status\":\"success\",\"data\":{\"resultType\":\"vector\",\"result\":[]}}"),
+            }
+        }
+    });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_answering_garbage_never_passes_a_step() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    let (url, server) = garbage_prometheus().await;
+    let text = fault_policy("60s", "5m", "{type: replicas}", None).replace("{prom}", &url);
+    let policies = scene.policies(&text);
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    scene.set_image(V2, None).await;
+    wait_event(&scene, &daemon, "NoData", SHORT).await;
+    // Both steps' observe time, twice over.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let s = state_of(&scene.web().await);
+    assert_eq!(s.phase, Phase::Progressing { step: 0 }, "{:?}", s.phase);
+    assert_eq!(advanced(&scene).await, 0);
+    assert!(
+        s.verdicts
+            .iter()
+            .all(|v| v.decision != canaryd::judge::Decision::Promote),
+        "{:?}",
+        s.verdicts
+    );
+    assert!(!s.verdicts.is_empty(), "windows were judged");
+    server.abort();
+    scene.ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_pods_that_serve_nothing_hold_the_step() {
+    // The new release's pods are never played: no requests, no series.
+    let stable_only = Arc::new(|pod: &k8s_openapi::api::core::v1::Pod| {
+        behaviour(pod).filter(|b| b.version == "v1")
+    });
+    let scene = Scene::with_behaviour(stable_only).await;
+    scene.create_web(2).await;
+    let policies = scene.policies(&fault_policy("60s", "5m", "{type: replicas}", None));
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    scene.set_image(V2, None).await;
+    let held = wait_event(&scene, &daemon, "NoData", SHORT).await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(
+        state_of(&scene.web().await).phase,
+        Phase::Progressing { step: 0 }
+    );
+    assert_eq!(advanced(&scene).await, 0);
+    assert!(
+        held.note.as_deref().unwrap_or_default().contains("canary"),
+        "{:?}",
+        held.note
+    );
+    scene.ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_that_keeps_failing_backs_off_an_alert_still_rolls_back_then_failed() {
+    let scene = Scene::new().await;
+    cluster::install_httproute_crd(&scene.client(), SHORT).await;
+    scene.create_web(2).await;
+    scene.ns.create_service("web", json!({"app": "web"})).await;
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(scene.client(), scene.name(), &httproute_resource());
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}
+    }))
+    .unwrap();
+    routes.create(&PostParams::default(), &route).await.unwrap();
+    let text = fault_policy("20s", "5m", "{type: gateway-api, httpRoute: web}", Some(10));
+    let policies = scene.policies(&text);
+    let daemon = scene.daemon(&policies, "solo");
+    scene.wait_adopted(&daemon).await;
+    // The route goes away: every weight change (forward and back) fails.
+    routes
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    scene.set_image(V2, None).await;
+    let failed = wait_event(&scene, &daemon, "ActionFailed", SHORT).await;
+    let message = failed.note.clone().unwrap_or_default();
+    assert!(message.contains("SetWeight 0%"), "{message}");
+    assert!(
+        message.contains("not found"),
+        "the API's message: {message}"
+    );
+    // Backoff: the failure record counts attempts.
+    let pending = wait_until(SHORT, "a second attempt", || async {
+        let d = scene.web().await;
+        let text = target::annotation(&d, target::PENDING_ANNOTATION)
+            .unwrap_or_default()
+            .to_string();
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        match v["failure"]["attempts"].as_u64() {
+            Some(n) if n >= 2 => Ok(v),
+            other => Err(format!("attempts {other:?} in {text}")),
+        }
+    })
+    .await;
+    assert!(
+        pending["failure"]["retryAt"].as_u64().is_some(),
+        "{pending}"
+    );
+    let events = scene.events().await;
+    assert_eq!(
+        count(&events, "ActionFailed"),
+        1,
+        "news only: {:?}",
+        reasons(&events)
+    );
+    let alert = json!({"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "labels": {"alertname": "WebDown", "service": "web", "severity": "critical"},
+        "fingerprint": "f-webdown-fault"
+    }]});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/alerts", daemon.url()))
+        .bearer_auth(TOKEN)
+        .json(&alert)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_event(&scene, &daemon, "AlertRollback", SHORT).await;
+    // The rollback cannot remove the canary's route weight either: Failed at
+    // its progressDeadline, with the reason on the board.
+    let d = scene
+        .wait_phase(&daemon, "failed", |p| *p == Phase::Failed)
+        .await;
+    assert_eq!(image(&d), V1, "the template was restored");
+    let events = scene.events().await;
+    assert!(note(&events, "RollbackFailed").contains("cannot be carried out"));
+    let board: Value = reqwest::get(format!("{}/v1/rollouts", daemon.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let web = &board["rollouts"][0];
+    assert_eq!(web["phase"], "Failed", "{board}");
+    assert!(
+        web["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not found"),
+        "{board}"
+    );
+    scene.ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_between_commit_and_actions_carries_each_out_once_on_restart() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    let policies = scene.policies(&fault_policy("60s", "5m", "{type: replicas}", None));
+    let target_key = format!("{}/web", scene.name());
+    let mut first = scene.daemon_with_env(
+        &policies,
+        "canaryd-0",
+        &[("CANARYD_FAULT_ABORT_AFTER_COMMIT", target_key.as_str())],
+    );
+    scene.wait_adopted(&first).await;
+    scene.set_image(V2, None).await;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(Ok(Some(status))) = first.child.as_mut().map(|c| c.try_wait()) {
+            break status;
+        }
+        assert!(
+            started.elapsed() < SHORT,
+            "no abort; log:\n{}",
+            first.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "{status}");
+    let d = scene.web().await;
+    assert!(
+        target::annotation(&d, target::PENDING_ANNOTATION).is_some(),
+        "committed with actions pending"
+    );
+    assert_eq!(state_of(&d).phase, Phase::Initializing);
+    assert!(scene
+        .deployments()
+        .get_opt("web-canary")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(scene.events().await.is_empty(), "no action carried out");
+    let second = scene.daemon(&policies, "canaryd-0");
+    wait_settled_on(&scene, &second, V2).await;
+    let events = scene.events().await;
+    for once in [
+        "CanaryStarted",
+        "AnalysisStarted",
+        "AnalysisPassed",
+        "Promoted",
+    ] {
+        assert_eq!(
+            count(&events, once),
+            1,
+            "{once} once in {:?}",
+            reasons(&events)
+        );
+    }
+    assert!(target::annotation(&scene.web().await, target::PENDING_ANNOTATION).is_none());
     scene.ns.cleanup().await;
 }

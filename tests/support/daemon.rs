@@ -36,6 +36,11 @@ pub struct DaemonOptions<'a> {
 
 impl Daemon {
     pub fn start(o: &DaemonOptions) -> Daemon {
+        Daemon::start_with_env(o, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (fault hooks).
+    pub fn start_with_env(o: &DaemonOptions, env: &[(&str, &str)]) -> Daemon {
         let port = crate::prom::free_port();
         let log = o.log_dir.join(format!("canaryd-{}-{port}.log", o.identity));
         let file = std::fs::File::create(&log).unwrap();
@@ -65,6 +70,7 @@ impl Daemon {
         if o.json_log {
             cmd.env("CANARYD_LOG_FORMAT", "json");
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().expect("start canaryd run");
         Daemon {
             child: Some(child),
