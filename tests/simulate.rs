@@ -26,6 +26,8 @@ fn scenario(replicas: u32, rps: f64, regression: Regression, seed: u64) -> Scena
             regression,
         },
         alert_at: None,
+        outages: Vec::new(),
+        no_traffic: Vec::new(),
         seed,
     }
 }
