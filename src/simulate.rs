@@ -381,9 +381,12 @@ impl<'a> Simulation<'a> {
         // phase they lead to.
         self.record_verdict(t, &self.state.phase.label(steps), &next);
         let phase = next.phase.label(steps);
+        // Only a Warning that ends the rollout is its trigger (hold Events
+        // are Warnings too).
+        let ends = matches!(next.phase, Phase::RollingBack | Phase::Failed);
         for action in &actions {
             self.cluster.apply(action, now, &mut self.rng);
-            self.record_action(t, &phase, action);
+            self.record_action(t, &phase, action, ends);
         }
         let before = self.state.phase;
         self.state = next;
@@ -455,14 +458,14 @@ impl<'a> Simulation<'a> {
         });
     }
 
-    fn record_action(&mut self, t: u64, phase: &str, action: &Action) {
+    fn record_action(&mut self, t: u64, phase: &str, action: &Action, ends: bool) {
         let what = match action {
             Action::Event {
                 kind,
                 reason,
                 message,
             } => {
-                if *kind == EventKind::Warning && self.trigger.is_none() {
+                if *kind == EventKind::Warning && ends && self.trigger.is_none() {
                     self.trigger = Some((*reason, message.clone()));
                 }
                 EntryKind::Event {
