@@ -9,16 +9,21 @@
 
 mod cluster;
 mod render;
+mod stretch;
 mod traffic;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::controller::window::no_data;
 use crate::judge::Decision;
+use crate::metrics::Window;
+use crate::observation::WindowObservation;
 use crate::policy::{Policy, Strategy, Traffic};
 use crate::rollout::{
     self, expected_canary_share, next_window_close, Action, EventKind, Input, Phase, ReadyPods,
@@ -30,6 +35,7 @@ pub use cluster::{
     STABLE_HASH, STABLE_VERSION,
 };
 pub use render::{format_offset, render_run, render_summary};
+pub use stretch::{any_contains, promotions_during, Blind, Stretch, StretchStats, OUTAGE_ERROR};
 pub use traffic::{
     arm_rates, ArmTraffic, Exposure, Load, WindowTraffic, DEFAULT_BUCKETS, LATENCY_SIGMA,
     PREVIEW_SHARE,
@@ -119,6 +125,7 @@ impl fmt::Display for Regression {
 
 /// One simulation's settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Scenario {
     /// The Deployment's replicas.
     pub replicas: u32,
@@ -126,8 +133,33 @@ pub struct Scenario {
     pub load: Load,
     /// Seconds after the template change at which a matching alert starts firing.
     pub alert_at: Option<u64>,
+    /// Stretches in which the metric source fails: every window closing in
+    /// one has no data for every metric and both arms.
+    pub outages: Vec<Stretch>,
+    /// Stretches in which the canary is sent no requests (the baseline keeps
+    /// its traffic).
+    pub no_traffic: Vec<Stretch>,
     /// Seed of the random draws.
     pub seed: u64,
+}
+
+impl Scenario {
+    /// Whether the scenario has outages or no-traffic stretches.
+    pub fn has_stretches(&self) -> bool {
+        !self.outages.is_empty() || !self.no_traffic.is_empty()
+    }
+
+    /// The outages and no-traffic stretches, as the spans in which `policy`'s
+    /// engine may not move on.
+    pub fn blind_spans(&self, policy: &Policy) -> Vec<Blind> {
+        let interval = policy.analysis.interval.as_secs().max(1);
+        let outages = self.outages.iter().map(|s| Blind::outage(*s));
+        let silent = self
+            .no_traffic
+            .iter()
+            .map(|s| Blind::no_traffic(*s, interval));
+        outages.chain(silent).collect()
+    }
 }
 
 /// What happened at one moment of a simulation.
@@ -350,9 +382,12 @@ impl<'a> Simulation<'a> {
         // phase they lead to.
         self.record_verdict(t, &self.state.phase.label(steps), &next);
         let phase = next.phase.label(steps);
+        // Only a Warning that ends the rollout is its trigger (hold Events
+        // are Warnings too).
+        let ends = matches!(next.phase, Phase::RollingBack | Phase::Failed);
         for action in &actions {
             self.cluster.apply(action, now, &mut self.rng);
-            self.record_action(t, &phase, action);
+            self.record_action(t, &phase, action, ends);
         }
         let before = self.state.phase;
         self.state = next;
@@ -365,12 +400,15 @@ impl<'a> Simulation<'a> {
             now,
             self.scenario.load.rps,
             TICK_SECS as f64,
+            any_contains(&self.scenario.no_traffic, t),
         );
         self.settle(t, before, stop_at_promoted)
     }
 
-    /// Draws the window that closes at `now`, if one does.
-    fn close_window(&mut self, now: u64) -> Option<crate::observation::WindowObservation> {
+    /// Draws the window that closes at `now`, if one does. Traffic is drawn
+    /// even during an outage (the service keeps serving; only its metrics are
+    /// unreadable), so a seed's draws do not depend on the outages.
+    fn close_window(&mut self, now: u64) -> Option<WindowObservation> {
         let close = next_window_close(self.policy, &self.state)?;
         if now < close {
             return None;
@@ -396,6 +434,9 @@ impl<'a> Simulation<'a> {
             &mut self.rng,
         );
         self.window_traffic = Some(traffic);
+        if any_contains(&self.scenario.outages, now.saturating_sub(START_UNIX)) {
+            return Some(outage_window(self.policy, &window, now));
+        }
         Some(window)
     }
 
@@ -418,14 +459,14 @@ impl<'a> Simulation<'a> {
         });
     }
 
-    fn record_action(&mut self, t: u64, phase: &str, action: &Action) {
+    fn record_action(&mut self, t: u64, phase: &str, action: &Action, ends: bool) {
         let what = match action {
             Action::Event {
                 kind,
                 reason,
                 message,
             } => {
-                if *kind == EventKind::Warning && self.trigger.is_none() {
+                if *kind == EventKind::Warning && ends && self.trigger.is_none() {
                     self.trigger = Some((*reason, message.clone()));
                 }
                 EntryKind::Event {
@@ -462,6 +503,18 @@ impl<'a> Simulation<'a> {
             _ => None,
         }
     }
+}
+
+/// What the daemon's metric source yields for `drawn`'s window when it fails:
+/// the very same `controller::window::no_data` observation.
+fn outage_window(policy: &Policy, drawn: &WindowObservation, now: u64) -> WindowObservation {
+    let window = Window {
+        end_unix_secs: i64::try_from(now).unwrap_or(i64::MAX),
+        length: Duration::from_secs(policy.analysis.interval.as_secs().max(1)),
+        at_secs: drawn.at_secs,
+        expected_canary_share: drawn.expected_canary_share,
+    };
+    no_data(policy, &window, OUTAGE_ERROR)
 }
 
 /// Medians and 90th percentiles of a set of durations.
@@ -512,23 +565,52 @@ pub struct Summary {
     pub regression_caught: Option<Spread>,
     /// Regressed runs that were promoted anyway.
     pub regression_missed: Option<u32>,
+    /// The scenario's outages (as in [`Scenario::outages`]).
+    pub outages: Vec<Stretch>,
+    /// The scenario's no-traffic stretches.
+    pub no_traffic: Vec<Stretch>,
+    /// Healthy release: what the runs did about the stretches (only with
+    /// outages or no-traffic stretches).
+    pub healthy_stretches: Option<StretchStats>,
+    /// Regressed release: the same.
+    pub regression_stretches: Option<StretchStats>,
+}
+
+/// One batch of seeded runs: their outcomes and, with stretches, what they
+/// did about them.
+struct Batch {
+    outcomes: Vec<Outcome>,
+    stretches: Option<StretchStats>,
+}
+
+/// Runs `runs` seeded simulations of `regression` without alerts, each
+/// stopping at promotion or rollback.
+fn batch(policy: &Policy, scenario: &Scenario, runs: u32, regression: Regression) -> Batch {
+    let stretches = scenario.blind_spans(policy);
+    let mut stats = StretchStats::default();
+    let outcomes = (0..runs)
+        .map(|i| {
+            let mut s = scenario.clone();
+            s.seed = scenario.seed.wrapping_add(u64::from(i));
+            s.alert_at = None;
+            s.load.regression = regression;
+            let run = Simulation::new(policy, &s).run(true);
+            stats.add(&run, &stretches);
+            run.outcome
+        })
+        .collect();
+    Batch {
+        outcomes,
+        stretches: scenario.has_stretches().then_some(stats),
+    }
 }
 
 /// Runs `runs` healthy and (if the scenario has one) `runs` regressed
 /// simulations without alerts, each stopping at promotion or rollback.
 pub fn summarize(policy: &Policy, scenario: &Scenario, runs: u32) -> Summary {
-    let batch = |regression: Regression| {
-        (0..runs)
-            .map(|i| {
-                let mut s = scenario.clone();
-                s.seed = scenario.seed.wrapping_add(u64::from(i));
-                s.alert_at = None;
-                s.load.regression = regression;
-                Simulation::new(policy, &s).run(true).outcome
-            })
-            .collect::<Vec<_>>()
-    };
-    let healthy = batch(Regression::None);
+    let healthy = batch(policy, scenario, runs, Regression::None);
+    let healthy_stretches = healthy.stretches;
+    let healthy = healthy.outcomes;
     let count = |outcomes: &[Outcome], r: OutcomeKind| {
         outcomes.iter().filter(|o| o.result == r).count() as u32
     };
@@ -541,9 +623,15 @@ pub fn summarize(policy: &Policy, scenario: &Scenario, runs: u32) -> Summary {
         regression: scenario.load.regression,
         regression_caught: None,
         regression_missed: None,
+        outages: scenario.outages.clone(),
+        no_traffic: scenario.no_traffic.clone(),
+        healthy_stretches,
+        regression_stretches: None,
     };
     if scenario.load.regression != Regression::None {
-        let regressed = batch(scenario.load.regression);
+        let regressed = batch(policy, scenario, runs, scenario.load.regression);
+        summary.regression_stretches = regressed.stretches;
+        let regressed = regressed.outcomes;
         summary.regression_caught = Some(Spread::of(
             regressed.iter().filter_map(|o| o.rollback_at).collect(),
         ));

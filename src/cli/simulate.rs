@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::policy;
-use crate::simulate::{self, Load, Regression, Run, Scenario, Summary};
+use crate::simulate::{self, Load, Regression, Run, Scenario, Stretch, Summary};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +47,14 @@ pub struct Args {
     /// Fire a matching alert from this time on (e.g. 25m), in the shown run.
     #[arg(long, value_parser = simulate::parse_offset)]
     pub alert_at: Option<u64>,
+    /// Metric source down for START+DURATION after the template change
+    /// (e.g. 3m+6m): windows closing then have no data. Repeatable.
+    #[arg(long = "outage", value_name = "START+DURATION", value_parser = clap::value_parser!(Stretch))]
+    pub outages: Vec<Stretch>,
+    /// No requests to the canary for START+DURATION after the template
+    /// change (e.g. 12m+3m); the baseline keeps its traffic. Repeatable.
+    #[arg(long = "no-traffic", value_name = "START+DURATION", value_parser = clap::value_parser!(Stretch))]
+    pub no_traffic: Vec<Stretch>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -88,6 +96,8 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
             regression: args.regression,
         },
         alert_at: args.alert_at,
+        outages: args.outages.clone(),
+        no_traffic: args.no_traffic.clone(),
         seed: args.seed,
     })
 }

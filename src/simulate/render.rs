@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use crate::policy::Policy;
 use crate::rollout::format_secs;
 
-use super::{describe_plan, EntryKind, OutcomeKind, Run, Scenario, Spread, Summary};
+use super::{
+    describe_plan, EntryKind, OutcomeKind, Run, Scenario, Spread, Stretch, StretchStats, Summary,
+};
 
 /// `+MM:SS`, or `+H:MM:SS` past an hour.
 pub fn format_offset(secs: u64) -> String {
@@ -42,7 +44,7 @@ pub fn render_run(policy: &Policy, scenario: &Scenario, run: &Run) -> String {
     );
     let _ = writeln!(
         out,
-        "scenario: {} req/s, errors {:.2}%, latency median {:.0}ms, regression {}{}, seed {}",
+        "scenario: {} req/s, errors {:.2}%, latency median {:.0}ms, regression {}{}{}, seed {}",
         load.rps,
         load.error_rate * 100.0,
         load.latency_secs * 1000.0,
@@ -51,6 +53,7 @@ pub fn render_run(policy: &Policy, scenario: &Scenario, run: &Run) -> String {
             .alert_at
             .map(|a| format!(", alert fires at {}", format_offset(a)))
             .unwrap_or_default(),
+        describe_stretches(&scenario.outages, &scenario.no_traffic),
         scenario.seed
     );
     let _ = writeln!(out);
@@ -116,6 +119,37 @@ fn describe_outcome(run: &Run) -> String {
     }
 }
 
+/// One stretch as `+MM:SS..+MM:SS`.
+fn span(s: &Stretch) -> String {
+    format!(
+        "{}..{}",
+        format_offset(s.start_secs),
+        format_offset(s.end_secs())
+    )
+}
+
+/// `, metric source down +03:00..+09:00, no canary traffic …`, or nothing.
+fn describe_stretches(outages: &[Stretch], no_traffic: &[Stretch]) -> String {
+    let list = |v: &[Stretch]| v.iter().map(span).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    if !outages.is_empty() {
+        out.push_str(&format!(", metric source down {}", list(outages)));
+    }
+    if !no_traffic.is_empty() {
+        out.push_str(&format!(", no canary traffic {}", list(no_traffic)));
+    }
+    out
+}
+
+/// The outage and no-traffic line of one release in the summary.
+fn stretch_line(out: &mut String, label: &str, stats: &StretchStats, n: u32) {
+    let _ = writeln!(
+        out,
+        "  {label:<17} promotions during outages/no traffic {}; held {}/{n}; NoData rollbacks {}/{n}",
+        stats.promotions_during, stats.held, stats.no_data_rollbacks
+    );
+}
+
 fn spread(s: &Spread) -> String {
     match (s.median_secs, s.p90_secs) {
         (Some(m), Some(p)) => format!("median {}, p90 {}", format_secs(m), format_secs(p)),
@@ -129,9 +163,10 @@ pub fn render_summary(summary: &Summary) -> String {
     let n = summary.runs;
     let _ = writeln!(
         out,
-        "summary over {n} seeded runs per release (seeds {}..{}, no alerts):",
+        "summary over {n} seeded runs per release (seeds {}..{}, no alerts{}):",
         summary.seed,
-        summary.seed.saturating_add(u64::from(n.saturating_sub(1)))
+        summary.seed.saturating_add(u64::from(n.saturating_sub(1))),
+        describe_stretches(&summary.outages, &summary.no_traffic)
     );
     let h = &summary.healthy_promoted;
     let _ = writeln!(
@@ -155,6 +190,12 @@ pub fn render_summary(summary: &Summary) -> String {
             caught.count,
             spread(caught),
         );
+    }
+    if let Some(stats) = &summary.healthy_stretches {
+        stretch_line(&mut out, "healthy release:", stats, n);
+    }
+    if let Some(stats) = &summary.regression_stretches {
+        stretch_line(&mut out, &format!("{}:", summary.regression), stats, n);
     }
     out
 }

@@ -46,13 +46,30 @@ pub struct Exposure {
     pub canary: f64,
     /// Baseline arm.
     pub baseline: f64,
+    /// The canary could have served requests but was sent none for part of
+    /// the window (`--no-traffic`): its metrics are zero, not missing.
+    pub silenced: bool,
 }
 
 impl Exposure {
-    /// Adds `secs` seconds at the cluster's current split.
-    pub fn add(&mut self, policy: &Policy, cluster: &Cluster, now: u64, rps: f64, secs: f64) {
+    /// Adds `secs` seconds at the cluster's current split; with
+    /// `canary_silenced` the canary's share goes nowhere (the baseline keeps
+    /// its traffic).
+    pub fn add(
+        &mut self,
+        policy: &Policy,
+        cluster: &Cluster,
+        now: u64,
+        rps: f64,
+        secs: f64,
+        canary_silenced: bool,
+    ) {
         let (canary, baseline) = arm_rates(policy, cluster, now, rps);
-        self.canary += canary * secs;
+        if canary_silenced {
+            self.silenced |= canary > 0.0;
+        } else {
+            self.canary += canary * secs;
+        }
         self.baseline += baseline * secs;
     }
 }
@@ -207,15 +224,17 @@ pub fn draw_window<R: Rng>(
     let (canary_errors, canary_latency) = load.regression.apply(load.error_rate, load.latency_secs);
     let canary = draw_arm(exposure.canary, canary_errors, canary_latency, rng);
     let baseline = draw_arm(exposure.baseline, load.error_rate, load.latency_secs, rng);
-    let no_pods = |e: f64| (e <= 0.0).then(|| ArmValue::NoData("no ready pods".into()));
+    let no_pods = |none: bool| none.then(|| ArmValue::NoData("no ready pods".into()));
+    // A silenced canary has ready pods: its series exist and read zero.
+    let canary_gone = exposure.canary <= 0.0 && !exposure.silenced;
     let metrics = policy
         .analysis
         .metrics
         .iter()
         .map(|m| MetricWindow {
             name: m.name.clone(),
-            canary: no_pods(exposure.canary).unwrap_or_else(|| arm_value(&m.kind, &canary, rng)),
-            baseline: no_pods(exposure.baseline)
+            canary: no_pods(canary_gone).unwrap_or_else(|| arm_value(&m.kind, &canary, rng)),
+            baseline: no_pods(exposure.baseline <= 0.0)
                 .unwrap_or_else(|| arm_value(&m.kind, &baseline, rng)),
         })
         .collect();
