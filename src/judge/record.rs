@@ -60,7 +60,10 @@ pub(super) fn record(ev: &mut Evidence, window: &WindowObservation) {
         }
     }
     if let (Some((c, b)), Some(share)) = (split, window.expected_canary_share) {
-        if share > 0.0 && share < 1.0 && c + b > 0.0 {
+        // A window where the canary served nothing is no data for the step
+        // (the engine holds on it); fed to the split check it would flag a
+        // mismatch that never clears once traffic is back.
+        if share > 0.0 && share < 1.0 && c > 0.0 {
             let srm = &mut ev.srm;
             srm.canary += c;
             srm.baseline += b;
