@@ -487,3 +487,61 @@ async fn restricted_identity_is_forbidden_outside_its_grant() {
     granted.cleanup().await;
     other.cleanup().await;
 }
+
+/// The largest rollout state a valid policy allows fits in the
+/// `canaryd.io/state` annotation of a real Deployment (and of the
+/// ReplicaSet the Deployment controller copies it to), and reads back equal.
+#[tokio::test]
+async fn worst_case_state_annotation_round_trips_through_the_apiserver() {
+    use canaryd::rollout::worst_case::{largest_metrics, worst_case_state};
+    use canaryd::rollout::{RolloutState, MAX_STATE_BYTES};
+    use canaryd::target::STATE_ANNOTATION;
+
+    let ns = TestNamespace::create().await;
+    let deploys: Api<Deployment> = ns.api();
+    deploys
+        .create(&PostParams::default(), &deployment("big-state", 1, 1, 0))
+        .await
+        .expect("create Deployment");
+
+    let state = worst_case_state(&largest_metrics());
+    let text = state.to_json();
+    assert!(text.len() <= MAX_STATE_BYTES, "{} bytes", text.len());
+    let patch = json!({"metadata": {"annotations": {STATE_ANNOTATION: text}}});
+    deploys
+        .patch("big-state", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("the apiserver accepts the worst-case state annotation");
+
+    let stored = deploys.get("big-state").await.expect("get Deployment");
+    let back = stored
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(STATE_ANNOTATION))
+        .expect("state annotation present");
+    assert_eq!(back.len(), text.len());
+    assert_eq!(RolloutState::from_json(back).expect("parses"), state);
+
+    let rss: Api<ReplicaSet> = ns.api();
+    wait_until(Duration::from_secs(30), "the ReplicaSet's copy", || async {
+        let copies = replica_sets(&rss, "big-state").await;
+        let copy = copies.iter().find_map(|rs| {
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(STATE_ANNOTATION).cloned())
+        });
+        match copy {
+            Some(c) if c == text => Ok(()),
+            Some(c) => Err(format!("copy has {} bytes", c.len())),
+            None => Err(format!("{} ReplicaSets, none with the state", copies.len())),
+        }
+    })
+    .await;
+    println!(
+        "stored a {}-byte state annotation on a Deployment and its ReplicaSet",
+        text.len()
+    );
+    ns.cleanup().await;
+}

@@ -704,3 +704,38 @@ fn names_too_long_once_canaryd_appends_its_suffixes_are_refused_at_load() {
         vec!["inline.yaml:9:12: traffic.ingress: name is 247 characters; canaryd's <ingress>-canary would be 254, above the 253 Kubernetes allows; use at most 246"]
     );
 }
+
+/// Metrics whose worst-case rollout state would not fit in its annotation
+/// are refused at load, and so are overlong metric names.
+#[test]
+fn metrics_are_bounded_by_the_state_annotation() {
+    let latency = |i: usize| {
+        format!(
+            "    - name: latency-{i}\n      kind: latency\n      buckets: 'sum by (le) (rate(h_bucket{{pod=~\"{{{{podRegex}}}}\"}}[{{{{window}}}}]))'\n"
+        )
+    };
+    let metrics = |n: usize| -> String {
+        let mut text = format!("{MINIMAL}  metrics:\n");
+        for i in 0..n {
+            text.push_str(&latency(i));
+        }
+        text
+    };
+    let fits = metrics(3);
+    policy::parse_str(&fits, Path::new("inline.yaml")).expect("three latency metrics fit");
+    let errors = parse_errors(&metrics(4));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("inline.yaml:8:5: analysis.metrics: 4 metrics (4 latency) could make the rollout state ")
+            && errors[0].ends_with(" bytes, above the 65536 canaryd stores in its annotation; use fewer metrics (a latency metric takes about 4 times an errors or gauge metric)"),
+        "{errors:?}"
+    );
+
+    let long = "n".repeat(64);
+    assert_eq!(
+        parse_errors(&format!(
+            "{MINIMAL}  metrics:\n    - name: {long}\n      kind: gauge\n      query: 'up{{pod=~\"{{{{podRegex}}}}\"}}'\n"
+        )),
+        vec!["inline.yaml:8:13: analysis.metrics[0].name: name is 64 bytes; use at most 63"]
+    );
+}

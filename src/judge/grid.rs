@@ -73,9 +73,10 @@ pub fn bump_weights(side: Side, center: f64, spread: f64, min_steps: usize) -> V
     w
 }
 
-/// Cumulative log likelihood ratios (each grid ratio against `ρ = 1`).
+/// Cumulative log likelihood ratios (each grid ratio against `ρ = 1`),
+/// written as base64 of the exact floats ([`super::codec::floats`]).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct LogLik(pub Vec<f64>);
+pub struct LogLik(#[serde(with = "super::codec::floats")] pub Vec<f64>);
 
 impl LogLik {
     /// Adds one window: `x` of the `n` events were the canary's, and the canary

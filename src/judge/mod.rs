@@ -14,6 +14,7 @@
 //! averaging. Classic mode is Kayenta-style Mann-Whitney scoring.
 
 pub mod classic;
+pub mod codec;
 pub mod grid;
 pub mod histogram;
 pub mod mannwhitney;
@@ -21,6 +22,7 @@ pub mod ordinal;
 mod record;
 pub mod report;
 pub mod sequential;
+pub mod size;
 
 use serde::{Deserialize, Serialize};
 
@@ -161,10 +163,11 @@ pub struct MetricEvidence {
     /// Gauge values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gauge: Option<GaugeEvidence>,
-    /// One point per window in which at least one arm had usable data
-    /// (capped at [`MAX_SERIES`]); an arm without usable data in that window
-    /// has `None`, so classic mode can drop or replace it per arm.
-    #[serde(default)]
+    /// One point per window in which at least one arm had usable data (the
+    /// latest [`MAX_SERIES`]); an arm without usable data in that window
+    /// has `None`, so classic mode can drop or replace it per arm. Written as
+    /// base64 columns ([`codec::series`]).
+    #[serde(default, with = "codec::series")]
     pub series: Vec<SeriesPoint>,
 }
 
@@ -193,8 +196,40 @@ impl MetricEvidence {
     }
 }
 
-/// Longest per-window series kept (a day of one-minute windows).
-pub const MAX_SERIES: usize = 1440;
+/// Longest per-window series kept: the latest 120 windows (2 hours of
+/// one-minute windows); older points are dropped so the state annotation
+/// stays bounded (docs/judge.md, *Size of the state*).
+pub const MAX_SERIES: usize = 120;
+
+/// Most finite bucket bounds a latency histogram may have: each bound keeps a
+/// 49-point grid, so a histogram with more is "no data" (aggregate buckets in
+/// the query, e.g. keep only some `le` values). Prometheus' default buckets
+/// have 11 finite bounds, OpenTelemetry's 15.
+pub const MAX_BUCKET_BOUNDS: usize = 16;
+
+/// Longest "why the last window was unusable" text kept per metric (bytes).
+pub const MAX_PROBLEM_BYTES: usize = 200;
+
+/// `text` with control characters replaced by spaces and cut to at most
+/// `max` bytes (at a character boundary, ending in `…` when cut), so its JSON
+/// form is at most `2 * max + 2` bytes.
+pub fn cap_text(text: &str, max: usize) -> String {
+    const ELLIPSIS: char = '…';
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let mut end = max.saturating_sub(ELLIPSIS.len_utf8());
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = clean[..end].to_string();
+    out.push(ELLIPSIS);
+    out
+}
 
 /// Cumulative error and request counts plus the conditional test's state.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -4,8 +4,8 @@ use super::grid::{bump_weights, LogLik, Side};
 use super::histogram::{self, CheckedHistogram};
 use super::ordinal;
 use super::{
-    CountsEvidence, Evidence, GaugeEvidence, LatencyEvidence, MetricEvidence, SeriesPoint,
-    MAX_SERIES,
+    cap_text, CountsEvidence, Evidence, GaugeEvidence, LatencyEvidence, MetricEvidence,
+    SeriesPoint, MAX_BUCKET_BOUNDS, MAX_PROBLEM_BYTES, MAX_SERIES,
 };
 use crate::observation::{ArmValue, MetricWindow, Sample, WindowObservation};
 
@@ -50,7 +50,7 @@ pub(super) fn record(ev: &mut Evidence, window: &WindowObservation) {
             Err(problem) => {
                 m.no_data = m.no_data.saturating_add(1);
                 m.stale = m.stale.saturating_add(1);
-                m.last_problem = Some(problem);
+                m.last_problem = Some(cap_text(&problem, MAX_PROBLEM_BYTES));
             }
         }
     }
@@ -110,10 +110,13 @@ impl Checked {
     }
 }
 
+/// Appends a window's point, dropping the oldest beyond [`MAX_SERIES`].
 fn push_point(m: &mut MetricEvidence, p: SeriesPoint) {
-    if m.series.len() < MAX_SERIES {
-        m.series.push(p);
+    if m.series.len() >= MAX_SERIES {
+        let excess = m.series.len() + 1 - MAX_SERIES;
+        m.series.drain(..excess);
     }
+    m.series.push(p);
 }
 
 fn finite(v: f64) -> Option<f64> {
@@ -175,6 +178,12 @@ fn check_arm(m: &MetricEvidence, arm: &str, value: &ArmValue) -> Result<Checked,
                 return Err(other_shape("buckets"));
             }
             let h = histogram::check(h).map_err(|e| format!("{arm}: {e}"))?;
+            if h.le.len() > MAX_BUCKET_BOUNDS {
+                return Err(format!(
+                    "{arm}: histogram has {} finite bucket bounds, more than the {MAX_BUCKET_BOUNDS} canaryd judges; keep fewer le values in the buckets query",
+                    h.le.len()
+                ));
+            }
             if let Some(ev) = m.latency.as_ref().filter(|ev| ev.le != h.le) {
                 return Err(format!(
                     "{arm}: bucket boundaries changed: were {:?}, now {:?}",

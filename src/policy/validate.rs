@@ -24,6 +24,9 @@ pub const DEFAULT_MIN_REQUESTS_PER_STEP: u64 = 50;
 const DEFAULT_PASS_SCORE: f64 = 95.0;
 const DEFAULT_MARGINAL_SCORE: f64 = 75.0;
 const DEFAULT_VERSION_LABEL: &str = "version";
+/// Longest metric name: names are keys in the rollout state and appear in
+/// every verdict reason.
+pub const MAX_METRIC_NAME_BYTES: usize = 63;
 
 /// A validated policy and where its `deployment` value is, for duplicate checks
 /// across files.
@@ -950,7 +953,9 @@ fn validate_analysis(
             );
             None
         }
-        Some(m) => validate_metrics(ctx, &m.value),
+        Some(m) => {
+            validate_metrics(ctx, &m.value).filter(|specs| state_fits(ctx, m.referenced, specs))
+        }
     };
     let min_requests_per_step = min_requests(ctx, a, metrics.as_deref());
     Some(Analysis {
@@ -963,6 +968,29 @@ fn validate_analysis(
         mode: mode?,
         metrics: metrics?,
     })
+}
+
+/// Whether the worst-case rollout state for these metrics fits in
+/// [`crate::rollout::MAX_STATE_BYTES`]; reports an error if not.
+fn state_fits(ctx: &mut Ctx<'_>, at: Location, metrics: &[MetricSpec]) -> bool {
+    let bound = crate::rollout::state_bytes_bound(metrics);
+    let max = crate::rollout::MAX_STATE_BYTES;
+    if bound <= max {
+        return true;
+    }
+    let latency = metrics
+        .iter()
+        .filter(|m| matches!(m.kind, MetricKind::Latency { .. }))
+        .count();
+    ctx.err(
+        at,
+        "analysis.metrics",
+        format!(
+            "{} metrics ({latency} latency) could make the rollout state {bound} bytes, above the {max} canaryd stores in its annotation; use fewer metrics (a latency metric takes about 4 times an errors or gauge metric)",
+            metrics.len()
+        ),
+    );
+    false
 }
 
 /// `analysis.minRequestsPerStep`: requests are counted by errors and latency
@@ -1181,6 +1209,23 @@ fn validate_metrics(ctx: &mut Ctx<'_>, metrics: &List<RawMetric>) -> Option<Vec<
     all_ok.then_some(out)
 }
 
+/// A metric name: non-empty, at most [`MAX_METRIC_NAME_BYTES`].
+fn metric_name(ctx: &mut Ctx<'_>, n: &Spanned<String>, path: &str) -> Option<String> {
+    let name = non_empty(ctx, n, path)?;
+    if name.len() > MAX_METRIC_NAME_BYTES {
+        ctx.err(
+            n.referenced,
+            path,
+            format!(
+                "name is {} bytes; use at most {MAX_METRIC_NAME_BYTES}",
+                name.len()
+            ),
+        );
+        return None;
+    }
+    Some(name)
+}
+
 fn validate_metric(ctx: &mut Ctx<'_>, m: &Spanned<RawMetric>, path: &str) -> Option<MetricSpec> {
     let at = m.referenced;
     let m = &m.value;
@@ -1189,7 +1234,7 @@ fn validate_metric(ctx: &mut Ctx<'_>, m: &Spanned<RawMetric>, path: &str) -> Opt
             missing(ctx, at, &join(path, "name"), "a unique metric name");
             None
         }
-        Some(n) => non_empty(ctx, n, &join(path, "name")),
+        Some(n) => metric_name(ctx, n, &join(path, "name")),
     };
     #[derive(Clone, Copy, PartialEq)]
     enum K {

@@ -180,7 +180,7 @@ fn on_failing(tx: &mut Tx, failure: &ActionFailure) {
                     tx.stable(),
                     format_secs(tx.policy.progress_deadline.as_secs())
                 );
-                tx.next.message = Some(message.clone());
+                tx.next.set_message(&message);
                 tx.enter(Phase::Failed);
                 tx.event(EventKind::Warning, Reason::RollbackFailed, message);
             }
@@ -324,7 +324,7 @@ fn bg_versions(target: &Target) -> Result<(String, String), String> {
 
 fn reject_target(tx: &mut Tx, hash: String, why: String) {
     tx.next.failed_revision = Some(hash.clone());
-    tx.next.message = Some(why.clone());
+    tx.next.set_message(&why);
     tx.enter(Phase::Failed);
     tx.event(
         EventKind::Warning,
@@ -454,7 +454,7 @@ fn roll_back(tx: &mut Tx, reason: Reason, message: String) {
         hash: revision.clone(),
     });
     tx.next.failed_revision = Some(revision);
-    tx.next.message = Some(message);
+    tx.next.set_message(&message);
     tx.enter(Phase::RollingBack);
 }
 
@@ -965,7 +965,7 @@ fn on_promoting(tx: &mut Tx) {
         );
         if bg {
             // The new version serves through the active Service; nothing to undo.
-            tx.next.message = Some(message.clone());
+            tx.next.set_message(&message);
             tx.enter(Phase::Failed);
             tx.event(
                 EventKind::Warning,

@@ -11,6 +11,7 @@ mod fresh;
 mod input;
 mod plan;
 mod state;
+pub mod worst_case;
 
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,6 @@ pub use engine::{format_secs, next_window_close, step, step_with};
 pub use input::{ActionFailure, Input, PodCounts, Target};
 pub use plan::{expected_canary_share, planned_step, step_count, PlannedStep, ReadyPods};
 pub use state::{
-    HoldCause, Phase, RolloutState, StateError, StepEvidence, VerdictRecord, MAX_VERDICTS,
-    STATE_VERSION,
+    state_bytes_bound, HoldCause, Phase, RolloutState, StateError, StepEvidence, VerdictRecord,
+    MAX_MESSAGE_BYTES, MAX_REASON_BYTES, MAX_STATE_BYTES, MAX_VERDICTS, STATE_VERSION,
 };

@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::judge::{Decision, Evidence};
+use crate::judge::size::{evidence_bytes, json_string_bytes, text_bytes, FLOAT_BYTES, INT_BYTES};
+use crate::judge::{cap_text, Decision, Evidence};
+use crate::policy::MetricSpec;
 
 /// Version of the state format written by this build.
 pub const STATE_VERSION: u32 = 1;
@@ -13,6 +15,47 @@ pub const STATE_VERSION: u32 = 1;
 /// Most verdicts kept in [`RolloutState::verdicts`]; older ones are dropped so
 /// the annotation stays small.
 pub const MAX_VERDICTS: usize = 30;
+
+/// Longest verdict reason kept in a [`VerdictRecord`] (bytes); the full
+/// reason goes to the Event and log line of the window.
+pub const MAX_REASON_BYTES: usize = 200;
+
+/// Longest [`RolloutState::message`] kept (bytes).
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// Largest `to_json()` a valid policy's rollout may produce: a quarter of the
+/// 256 KiB the apiserver allows for all annotations of an object together
+/// (docs/judge.md, *Size of the state*). Policies whose worst case
+/// ([`state_bytes_bound`]) is larger are refused at load.
+pub const MAX_STATE_BYTES: usize = 64 * 1024;
+
+/// Longest label value or pod-template hash stored (Kubernetes label values
+/// are at most 63 characters).
+const LABEL_BYTES: usize = 63;
+/// Allowance for the state's keys, phase, hold and decision names.
+const FIXED_KEYS_BYTES: usize = 700;
+
+/// Most bytes `to_json()` takes for a rollout judged on `metrics`, however
+/// long it runs: fixed fields, [`MAX_VERDICTS`] verdicts with reasons of
+/// [`MAX_REASON_BYTES`], a message of [`MAX_MESSAGE_BYTES`], the step's
+/// per-metric usable seconds and the evidence's bound
+/// ([`crate::judge::size::evidence_bytes`]).
+pub fn state_bytes_bound(metrics: &[MetricSpec]) -> usize {
+    let labels = 5 * text_bytes(LABEL_BYTES);
+    let numbers = 9 * INT_BYTES + 2 * FLOAT_BYTES;
+    let verdict = 60 + 2 * INT_BYTES + text_bytes(MAX_REASON_BYTES);
+    let usable: usize = metrics
+        .iter()
+        .map(|m| json_string_bytes(&m.name) + INT_BYTES + 2)
+        .sum();
+    FIXED_KEYS_BYTES
+        + labels
+        + numbers
+        + text_bytes(MAX_MESSAGE_BYTES)
+        + MAX_VERDICTS * verdict
+        + usable
+        + evidence_bytes(metrics)
+}
 
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -254,8 +297,15 @@ impl RolloutState {
         self.verdicts.last()
     }
 
-    /// Appends a verdict, dropping the oldest beyond [`MAX_VERDICTS`].
-    pub(crate) fn push_verdict(&mut self, record: VerdictRecord) {
+    /// Sets [`Self::message`], cut to [`MAX_MESSAGE_BYTES`].
+    pub(crate) fn set_message(&mut self, message: &str) {
+        self.message = Some(cap_text(message, MAX_MESSAGE_BYTES));
+    }
+
+    /// Appends a verdict (its reason cut to [`MAX_REASON_BYTES`]), dropping
+    /// the oldest beyond [`MAX_VERDICTS`].
+    pub(crate) fn push_verdict(&mut self, mut record: VerdictRecord) {
+        record.reason = cap_text(&record.reason, MAX_REASON_BYTES);
         self.verdicts.push(record);
         if self.verdicts.len() > MAX_VERDICTS {
             let excess = self.verdicts.len() - MAX_VERDICTS;
