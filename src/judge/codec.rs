@@ -8,11 +8,12 @@
 //! read back judges exactly as the one written. Readers also accept the
 //! plain JSON arrays written by earlier builds.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SeriesPoint;
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 /// Bytes of one encoded value.
 const F64_BYTES: usize = 8;
 
@@ -24,52 +25,14 @@ pub const fn encoded_len(values: usize) -> usize {
 /// Base64 of the floats' little-endian bytes.
 pub fn encode_f64s(values: &[f64]) -> String {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut out = String::with_capacity(encoded_len(values.len()));
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(bytes)
 }
 
 /// Inverse of [`encode_f64s`].
 pub fn decode_f64s(text: &str) -> Result<Vec<f64>, String> {
-    let digit = |c: u8| -> Result<u32, String> {
-        ALPHABET
-            .iter()
-            .position(|a| *a == c)
-            .map(|p| p as u32)
-            .ok_or_else(|| format!("invalid base64 character {:?}", char::from(c)))
-    };
-    let text = text.as_bytes();
-    if !text.len().is_multiple_of(4) {
-        return Err(format!(
-            "base64 length {} is not a multiple of 4",
-            text.len()
-        ));
-    }
-    let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
-    for quad in text.chunks(4) {
-        let pad = quad.iter().rev().take_while(|c| **c == b'=').count();
-        let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
-            n = (n << 6) | digit(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let three = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        bytes.extend_from_slice(&three[..3 - pad.min(2)]);
-    }
+    let bytes = STANDARD
+        .decode(text)
+        .map_err(|e| format!("invalid base64: {e}"))?;
     if !bytes.len().is_multiple_of(F64_BYTES) {
         return Err(format!("{} bytes are not whole f64 values", bytes.len()));
     }
