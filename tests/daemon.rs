@@ -658,13 +658,8 @@ async fn ingress_weights_follow_the_steps() {
     scene.ns.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_weights_follow_the_steps() {
-    let weight = Arc::new(AtomicU32::new(0));
-    let scene = Scene::weighted(weight.clone()).await;
-    cluster::install_httproute_crd(&scene.client(), SHORT).await;
-    scene.create_web(2).await;
-    scene.ns.create_service("web", json!({"app": "web"})).await;
+/// Creates the HTTPRoute `web` (one backend, Service `web`); its Api.
+async fn create_web_route(scene: &Scene) -> Api<DynamicObject> {
     let routes: Api<DynamicObject> =
         Api::namespaced_with(scene.client(), scene.name(), &httproute_resource());
     let route: DynamicObject = serde_json::from_value(json!({
@@ -674,6 +669,17 @@ async fn gateway_weights_follow_the_steps() {
     }))
     .unwrap();
     routes.create(&PostParams::default(), &route).await.unwrap();
+    routes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_weights_follow_the_steps() {
+    let weight = Arc::new(AtomicU32::new(0));
+    let scene = Scene::weighted(weight.clone()).await;
+    cluster::install_httproute_crd(&scene.client(), SHORT).await;
+    scene.create_web(2).await;
+    scene.ns.create_service("web", json!({"app": "web"})).await;
+    let routes = create_web_route(&scene).await;
     let policies = scene.policies(&weighted_policy("{type: gateway-api, httpRoute: web}"));
     let daemon = scene.daemon(&policies, "solo");
     scene.wait_adopted(&daemon).await;
@@ -723,6 +729,22 @@ async fn gateway_weights_follow_the_steps() {
         "{seen:?}"
     );
     scene.ns.cleanup().await;
+}
+
+/// Posts a firing `WebDown` alert for service `web` to the daemon's webhook.
+async fn fire_web_down(daemon: &Daemon, fingerprint: &str) {
+    let alert = json!({"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "labels": {"alertname": "WebDown", "service": "web", "severity": "critical"},
+        "fingerprint": fingerprint
+    }]});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/alerts", daemon.url()))
+        .bearer_auth(TOKEN)
+        .json(&alert)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 /// Blue-green policy with `{ns}` and `{prom}` to fill in.
@@ -781,18 +803,7 @@ async fn blue_green_switches_and_switches_back_on_alert() {
     );
     assert!(target::is_paused(&scene.web().await));
 
-    let alert = json!({"version": "4", "status": "firing", "alerts": [{
-        "status": "firing", "labels": {"alertname": "WebDown", "service": "web", "severity": "critical"},
-        "fingerprint": "f-webdown"
-    }]});
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/alerts", daemon.url()))
-        .bearer_auth(TOKEN)
-        .json(&alert)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    fire_web_down(&daemon, "f-webdown").await;
     let sent = Instant::now();
     wait_until(SHORT, "switched back to v1", || async {
         let svc = services.get("web").await.map_err(|e| e.to_string())?;
@@ -1266,8 +1277,8 @@ async fn prometheus_outage_holds_the_step_then_the_rollout_resumes() {
     scene.wait_adopted(&daemon).await;
     scene.set_image(V2, None).await;
     scene
-        .wait_phase(&daemon, "analysing step 1", |p| {
-            *p == Phase::Progressing { step: 0 }
+        .wait_phase(&daemon, "analysing step 2", |p| {
+            *p == Phase::Progressing { step: 1 }
         })
         .await;
     scene.prom.kill();
@@ -1420,15 +1431,7 @@ async fn an_action_that_keeps_failing_backs_off_an_alert_still_rolls_back_then_f
     cluster::install_httproute_crd(&scene.client(), SHORT).await;
     scene.create_web(2).await;
     scene.ns.create_service("web", json!({"app": "web"})).await;
-    let routes: Api<DynamicObject> =
-        Api::namespaced_with(scene.client(), scene.name(), &httproute_resource());
-    let route: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": "web"},
-        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}
-    }))
-    .unwrap();
-    routes.create(&PostParams::default(), &route).await.unwrap();
+    let routes = create_web_route(&scene).await;
     let text = fault_policy("20s", "5m", "{type: gateway-api, httpRoute: web}", Some(10));
     let policies = scene.policies(&text);
     let daemon = scene.daemon(&policies, "solo");
@@ -1470,18 +1473,7 @@ async fn an_action_that_keeps_failing_backs_off_an_alert_still_rolls_back_then_f
         "news only: {:?}",
         reasons(&events)
     );
-    let alert = json!({"version": "4", "status": "firing", "alerts": [{
-        "status": "firing", "labels": {"alertname": "WebDown", "service": "web", "severity": "critical"},
-        "fingerprint": "f-webdown-fault"
-    }]});
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/alerts", daemon.url()))
-        .bearer_auth(TOKEN)
-        .json(&alert)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    fire_web_down(&daemon, "f-webdown-fault").await;
     wait_event(&scene, &daemon, "AlertRollback", SHORT).await;
     // The rollback cannot remove the canary's route weight either: Failed at
     // its progressDeadline, with the reason on the board.
