@@ -63,3 +63,9 @@ pub struct Histogram {
     /// Cumulative count of observations `<= le[i]`.
     pub counts: Vec<f64>,
 }
+
+/// Prometheus client libraries' default histogram buckets (finite bounds):
+/// the simulator's latency buckets and the judge document's default `le`.
+pub const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];

@@ -28,9 +28,7 @@ use crate::Error;
 pub const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Prometheus' default histogram buckets, used for raw samples without `le`.
-pub const DEFAULT_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub use crate::observation::DEFAULT_BUCKETS;
 
 /// A parsed document: the settings and the windows to replay.
 #[derive(Debug, Clone)]
@@ -178,7 +176,7 @@ pub fn parse_document(text: &str) -> Result<Document, Error> {
     }
     let alpha = match opt_field(&root, "alpha") {
         Some(v) => probability(v, "alpha")?,
-        None => 0.05,
+        None => crate::policy::DEFAULT_ALPHA,
     };
     let interval = match opt_field(&root, "intervalSecs") {
         Some(v) => {

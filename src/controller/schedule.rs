@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::policy::{Policy, Strategy};
+use crate::policy::Policy;
 use crate::rollout::{self, Phase, RolloutState};
 
 /// Longest wait between looks at a managed Deployment; watch events normally
@@ -12,15 +12,7 @@ pub const RESYNC: Duration = Duration::from_secs(120);
 /// Slack after a due second so the engine's whole-second clock has passed it.
 pub const DUE_SLACK: Duration = Duration::from_millis(20);
 
-/// Seconds after promotion (or the blue-green switch) during which matching
-/// alerts still roll back; mirrors the engine's guard window.
-pub fn guard_secs(policy: &Policy) -> u64 {
-    let guard = policy.alerts.guard_window.as_secs();
-    match &policy.strategy {
-        Strategy::BlueGreen(bg) => guard.max(bg.keep_old_for.as_secs()),
-        Strategy::Canary(_) => guard,
-    }
-}
+pub use crate::rollout::guard_secs;
 
 /// The next Unix second (after `now`) at which the engine has something to
 /// decide without any cluster change: a window closes, a step's observation

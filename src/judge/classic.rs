@@ -223,11 +223,7 @@ pub fn evaluate(
     options: &JudgeOptions,
     evidence: &Evidence,
 ) -> Verdict {
-    let alpha = if analysis.alpha > 0.0 && analysis.alpha < 1.0 {
-        analysis.alpha
-    } else {
-        0.05
-    };
+    let alpha = super::alpha_of(analysis);
     let default_cfg = ClassicMetricConfig::default();
     let mut reports = Vec::new();
     let mut groups: Vec<(String, f64, f64, f64)> = Vec::new(); // name, weight, passed, judged

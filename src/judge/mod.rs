@@ -320,6 +320,15 @@ pub struct JudgeOptions {
     pub classic: Vec<(String, ClassicMetricConfig)>,
 }
 
+/// The analysis' alpha, or the policy default when it is out of (0, 1).
+pub(crate) fn alpha_of(analysis: &Analysis) -> f64 {
+    if analysis.alpha > 0.0 && analysis.alpha < 1.0 {
+        analysis.alpha
+    } else {
+        crate::policy::DEFAULT_ALPHA
+    }
+}
+
 /// Judges all evidence so far against the policy's analysis settings.
 pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
     evaluate_with(analysis, &JudgeOptions::default(), evidence)

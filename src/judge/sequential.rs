@@ -100,11 +100,7 @@ struct Judged {
 
 /// Judges everything recorded so far (see the module docs).
 pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
-    let alpha = if analysis.alpha > 0.0 && analysis.alpha < 1.0 {
-        analysis.alpha
-    } else {
-        0.05
-    };
+    let alpha = super::alpha_of(analysis);
     let m = analysis.metrics.len().max(1) as f64;
     let alpha_i = alpha / m;
     let mut judged: Vec<Judged> = analysis

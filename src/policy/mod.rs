@@ -15,7 +15,7 @@ mod values;
 pub use error::{PolicyError, PolicyErrors};
 pub use load::{load_file, load_paths, parse_str, MAX_POLICY_BYTES};
 pub use types::*;
-pub use validate::{DEFAULT_MIN_REQUESTS_PER_STEP, MAX_METRIC_NAME_BYTES};
+pub use validate::{DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS_PER_STEP, MAX_METRIC_NAME_BYTES};
 pub use values::{window_increase_calls, WindowIncreaseCall, WINDOW_INCREASE};
 
 /// The metrics judged when a policy omits `analysis.metrics`: the 5xx error

@@ -17,7 +17,8 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const MIN_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_KEEP_OLD_FOR: Duration = Duration::from_secs(600);
 const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(600);
-const DEFAULT_ALPHA: f64 = 0.05;
+/// Default `analysis.alpha`: the rollout's whole false-rollback budget.
+pub const DEFAULT_ALPHA: f64 = 0.05;
 /// Default `analysis.minRequestsPerStep` when a metric counts requests: a
 /// step whose canary served fewer requests has not been tested by traffic.
 pub const DEFAULT_MIN_REQUESTS_PER_STEP: u64 = 50;

@@ -927,8 +927,9 @@ fn finish_analysis(tx: &mut Tx) {
 
 // ---- Promoting / Promoted ---------------------------------------------------
 
-/// How long after promotion (canary) or the switch (blue-green) alerts roll back.
-fn guard_secs(policy: &Policy) -> u64 {
+/// How long after promotion (canary) or the switch (blue-green) alerts roll
+/// back (also the controller's schedule).
+pub fn guard_secs(policy: &Policy) -> u64 {
     let guard = policy.alerts.guard_window.as_secs();
     match blue_green(policy) {
         // The old version must still be there to switch back to.

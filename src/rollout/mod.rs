@@ -17,7 +17,7 @@ pub mod worst_case;
 mod tests;
 
 pub use action::{Action, EventKind, Reason};
-pub use engine::{format_secs, next_window_close, step, step_with};
+pub use engine::{format_secs, guard_secs, next_window_close, step, step_with};
 pub use input::{ActionFailure, Input, PodCounts, Target};
 pub use plan::{expected_canary_share, planned_step, step_count, PlannedStep, ReadyPods};
 pub use state::{

@@ -16,10 +16,7 @@ use super::Regression;
 pub const PREVIEW_SHARE: f64 = 0.1;
 /// σ of the log of request latency.
 pub const LATENCY_SIGMA: f64 = 0.5;
-/// Prometheus client libraries' default histogram buckets (finite bounds).
-pub const DEFAULT_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub use crate::observation::DEFAULT_BUCKETS;
 /// Mean of a simulated gauge (same for both arms: gauges never regress here).
 const GAUGE_MEAN: f64 = 1.0;
 /// Standard deviation of a simulated gauge.
