@@ -128,17 +128,7 @@ pub fn render(board: &Value) -> String {
     if rows.is_empty() {
         out.push_str("(no managed rollouts yet)\n");
     }
-    let failing: Vec<String> = board["rollouts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["lastError"].is_string())
-        .map(|r| format!("  {}: {}\n", text(&r["service"]), text(&r["lastError"])))
-        .collect();
-    if !failing.is_empty() {
-        out.push_str("\nLAST ERRORS (retried)\n");
-        out.push_str(&failing.concat());
-    }
+    out.push_str(&section(board, "lastError", "LAST ERRORS (retried)"));
     out.push_str(&section(
         board,
         "failingAction",

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::fnv1a64;
+use crate::judge::cap_text;
 use crate::rollout::{Action, ActionFailure};
 
 /// Wait after the first failure of an action.
@@ -99,7 +100,7 @@ impl Pending {
     /// backoff between objects. Returns whether the failure is news (the
     /// first, or a different message) worth an Event.
     pub fn record_failure(&mut self, index: usize, error: &str, now: u64, key: &str) -> bool {
-        let error = truncate(error, MAX_ERROR_TEXT);
+        let error = cap_text(error, MAX_ERROR_TEXT);
         let action = self
             .actions
             .get(index)
@@ -156,17 +157,6 @@ pub fn backoff(attempts: u32, key: &str) -> Duration {
     let unit = (seed % 10_001) as f64 / 10_000.0; // 0..=1
     let spread = 1.0 + ACTION_RETRY_JITTER * (2.0 * unit - 1.0);
     Duration::from_secs_f64(capped * spread)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut cut = max.saturating_sub(3);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}...", &text[..cut])
 }
 
 #[cfg(test)]
@@ -265,9 +255,13 @@ mod tests {
     }
 
     #[test]
-    fn long_messages_are_cut_on_a_character_boundary() {
-        let long = "é".repeat(MAX_ERROR_TEXT);
-        let cut = truncate(&long, MAX_ERROR_TEXT);
-        assert!(cut.len() <= MAX_ERROR_TEXT && cut.ends_with("..."));
+    fn long_messages_are_capped() {
+        let mut p = Pending::new(vec![Action::DeleteCanary]);
+        p.record_failure(0, &"é".repeat(MAX_ERROR_TEXT), 1, "k");
+        let error = p.failure.unwrap().error;
+        assert!(
+            error.len() <= MAX_ERROR_TEXT && error.ends_with('…'),
+            "{error}"
+        );
     }
 }

@@ -178,7 +178,7 @@ async fn pass(ctx: &Context, policy: &Policy) -> Result<Pass> {
             Finished::Done | Finished::Recorded => None,
         },
     };
-    let retry_at = still_failing.as_ref().and_then(retry_due(policy));
+    let retry_at = still_failing.as_ref().and_then(|p| retry_due(policy, p));
     // Record.
     log_transition(policy, &state, &next, &actions);
     record::verdicts(ctx, &state, &next);
@@ -197,10 +197,13 @@ async fn pass(ctx: &Context, policy: &Policy) -> Result<Pass> {
 pub const FAULT_ABORT_AFTER_COMMIT: &str = "CANARYD_FAULT_ABORT_AFTER_COMMIT";
 
 fn abort_after_commit_if_asked(policy: &Policy) {
-    let Ok(wanted) = std::env::var(FAULT_ABORT_AFTER_COMMIT) else {
+    // Read once: the hook is fixed for the process's life.
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let wanted = WANTED.get_or_init(|| std::env::var(FAULT_ABORT_AFTER_COMMIT).ok());
+    let Some(wanted) = wanted else {
         return;
     };
-    if wanted == format!("{}/{}", policy.namespace, policy.deployment) {
+    if *wanted == format!("{}/{}", policy.namespace, policy.deployment) {
         tracing::error!(service = %policy.service, hook = FAULT_ABORT_AFTER_COMMIT, "Aborting after the commit, before its actions.");
         std::process::abort();
     }
@@ -261,7 +264,6 @@ async fn carry_out(
     let key = format!("{}/{}", policy.namespace, policy.deployment);
     let news = pending.record_failure(index, &err.to_string(), now, &key);
     act::store_failure(ctx, policy, &pending).await?;
-    record::error(ctx, policy, &err);
     ctx.server.metrics.reconcile_errors.inc();
     if let Some(f) = &pending.failure {
         let retry_in = f.retry_at.saturating_sub(now);
@@ -297,13 +299,10 @@ async fn carry_out(
 }
 
 /// When to look again at a failing list: its next attempt or its limit.
-fn retry_due(policy: &Policy) -> impl Fn(&Pending) -> Option<u64> + '_ {
-    move |p| {
-        p.failure.as_ref().map(|f| {
-            f.retry_at
-                .min(f.since.saturating_add(policy.progress_deadline.as_secs()))
-        })
-    }
+fn retry_due(policy: &Policy, pending: &Pending) -> Option<u64> {
+    let limit = policy.progress_deadline.as_secs();
+    let f = pending.failure.as_ref()?;
+    Some(f.retry_at.min(f.since.saturating_add(limit)))
 }
 
 fn log_transition(

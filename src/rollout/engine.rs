@@ -738,7 +738,7 @@ fn settle_hold(tx: &mut Tx, step: usize, window: Option<Option<Unusable>>) -> Se
             // A usable window ends a hold for missing data or traffic in the
             // window; a hold for too few requests in the step lasts until
             // the step is due with enough.
-            if tx.next.hold.is_some() && !step_lacks_traffic(tx, step) {
+            if tx.next.hold.is_some() && !step_lacks_traffic(tx, &plan) {
                 end_hold(tx);
             }
             Settled::Stay
@@ -757,16 +757,13 @@ fn hold_what(cause: HoldCause) -> &'static str {
 
 /// True while the step's own request count is below `minRequestsPerStep`
 /// after its observe time: such a hold ends only when the step has enough.
-fn step_lacks_traffic(tx: &Tx, step: usize) -> bool {
-    let Some(plan) = tx.planned(step) else {
-        return false;
-    };
+fn step_lacks_traffic(tx: &Tx, plan: &PlannedStep) -> bool {
     let due = tx
         .next
         .step_started_at
         .is_some_and(|s| tx.now() >= s.saturating_add(plan.observe_secs));
     due && matches!(
-        fresh::missing(tx.policy, &plan, &tx.next.step_evidence),
+        fresh::missing(tx.policy, plan, &tx.next.step_evidence),
         Some(fresh::Missing::Traffic { .. })
     )
 }
