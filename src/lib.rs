@@ -5,25 +5,18 @@
 //! the edges.
 
 pub mod alerts;
-pub mod alerts_poll;
 pub mod cli;
 pub mod controller;
+pub mod daemon;
 pub mod demo;
-pub mod demo_pods;
 pub mod hash;
 pub mod judge;
-pub mod lease;
+pub mod k8s;
 pub mod metrics;
-pub mod notify;
 pub mod observation;
 pub mod policy;
-pub mod reload;
 pub mod rollout;
-pub mod router;
-pub mod server;
 pub mod simulate;
-pub mod target;
-pub mod telemetry;
 
 /// Errors canaryd reports, named by the operation that failed.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,8 @@
 //! The HTTP endpoint and the `ALERTS` polling fallback feed [`FiringAlerts`];
 //! the rollout engine only sees the names of matching firing alerts.
 
+pub mod poll;
+
 use std::collections::BTreeMap;
 
 use serde::Deserialize;

@@ -24,10 +24,10 @@ use prometheus_http_query::response::Data;
 use tokio::sync::watch;
 
 use crate::alerts::{AlertChanges, AlertStatus, WebhookAlert};
+use crate::daemon::reload::PolicySet;
+use crate::daemon::server::ServerState;
 use crate::metrics::PrometheusSource;
 use crate::policy::PrometheusConfig;
-use crate::reload::PolicySet;
-use crate::server::ServerState;
 
 /// How often Prometheus is asked for firing alerts. Alertmanager's webhook is
 /// the fast path; this bounds how late a missed notification is noticed.
@@ -420,7 +420,7 @@ mod tests {
     }
 
     fn state() -> ServerState {
-        ServerState::new(crate::telemetry::Metrics::new().unwrap(), None)
+        ServerState::new(crate::daemon::telemetry::Metrics::new().unwrap(), None)
     }
 
     #[tokio::test]

@@ -79,34 +79,12 @@ pub async fn run_app(args: AppArgs) -> ExitCode {
         }
     };
     tracing::info!(listen = %args.listen, version = %config.version, role = %config.role, pod = %config.pod, "demo app serving");
-    match demo::serve_app(listener, config, shutdown_signal()).await {
+    match demo::serve_app(listener, config, super::termination()).await {
         Ok(()) => super::exit(super::EXIT_OK),
         Err(e) => {
             eprintln!("canaryd demo-app: {e}");
             super::exit(super::EXIT_ERROR)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -1,5 +1,5 @@
 //! `canaryd demo-pods` (hidden): plays the pods of a fake-node cluster with
-//! demo-apps and lists them for Prometheus (see [`crate::demo_pods`]). Used by
+//! demo-apps and lists them for Prometheus (see [`crate::demo::pods`]). Used by
 //! `scripts/demo`; each pod's error rate is chosen by its image tag.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::Client;
 
-use crate::demo_pods::{image_of, image_tag, Behaviour, PodPlayer};
+use crate::demo::pods::{image_of, image_tag, Behaviour, PodPlayer};
 
 /// Arguments of `canaryd demo-pods`.
 #[derive(Debug, clap::Args)]
@@ -91,7 +91,7 @@ pub async fn run(args: Args) -> ExitCode {
         rps = args.rps,
         "Playing pods."
     );
-    super::run::termination().await;
+    super::termination().await;
     tracing::info!("Stopped playing pods.");
     super::exit(super::EXIT_OK)
 }

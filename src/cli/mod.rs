@@ -4,8 +4,6 @@ pub mod check;
 pub mod demo;
 pub mod demo_pods;
 pub mod judge;
-pub mod judge_file;
-pub mod judge_prometheus;
 pub mod run;
 pub mod simulate;
 pub mod status;
@@ -34,4 +32,27 @@ pub fn verdict_exit(decision: crate::judge::Decision) -> ExitCode {
 /// Converts a numeric exit code.
 pub fn exit(code: u8) -> ExitCode {
     ExitCode::from(code)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

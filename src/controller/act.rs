@@ -13,10 +13,11 @@ use kube::Resource;
 
 use super::pending::Pending;
 use super::{schedule, Context, REPORTER};
+use crate::k8s::router;
+use crate::k8s::target::{self, Arm, Observed};
 use crate::policy::{Policy, Strategy};
 use crate::rollout::{Action, EventKind, RolloutState};
-use crate::target::{self, Arm, Observed};
-use crate::{router, Error, Result};
+use crate::{Error, Result};
 
 /// Longest Event note the API accepts (1 kB).
 pub const MAX_EVENT_NOTE: usize = 1024;
@@ -335,11 +336,11 @@ fn notify(
     let kind = kind.as_str();
     let (reason, message) = (reason.to_string(), message.to_string());
     tokio::spawn(async move {
-        let note = crate::notify::RolloutNote {
+        let note = crate::daemon::notifier::RolloutNote {
             kind,
             reason: &reason,
             message: &message,
         };
-        crate::notify::post_all(crate::notify::client(), &policy, &note).await;
+        crate::daemon::notifier::post_all(crate::daemon::notifier::client(), &policy, &note).await;
     });
 }

@@ -2,8 +2,8 @@
 //! per change or due time: observe → decide (the pure engine) → act → record.
 //!
 //! - [`reconcile`]: the pass over one target (and the commit protocol).
-//! - [`act`]: carries out the engine's actions through [`crate::target`] and
-//!   [`crate::router`], and publishes Events.
+//! - [`act`]: carries out the engine's actions through [`crate::k8s::target`] and
+//!   [`crate::k8s::router`], and publishes Events.
 //! - [`window`]: closes an observation window through the policy's metric source.
 //! - [`record`]: the status board and canaryd's own metrics.
 //! - [`schedule`]: when to look again and whether the target is paused (pure).
@@ -34,13 +34,13 @@ use kube::runtime::{watcher, Controller};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::lease::Leadership;
+use crate::daemon::reload::PolicySet;
+use crate::daemon::server::ServerState;
+use crate::k8s::lease::Leadership;
+use crate::k8s::target::ROLE_LABEL;
 use crate::metrics::{MetricSource, PrometheusSource};
 use crate::policy::{Policy, PrometheusConfig};
-use crate::reload::PolicySet;
 use crate::rollout::RolloutState;
-use crate::server::ServerState;
-use crate::target::ROLE_LABEL;
 use crate::{Error, Result};
 
 /// Pause before retrying a reconcile that failed.
@@ -255,7 +255,7 @@ pub async fn orphaned(ctx: &Context, policy: &Policy) {
             return;
         }
     };
-    let state = crate::target::annotation(&d, crate::target::STATE_ANNOTATION)
+    let state = crate::k8s::target::annotation(&d, crate::k8s::target::STATE_ANNOTATION)
         .and_then(|t| RolloutState::from_json(t).ok())
         .unwrap_or_default();
     if state.phase.is_resting() {
@@ -285,20 +285,22 @@ pub async fn orphaned(ctx: &Context, policy: &Policy) {
 /// paused between releases, so unpause it (or the Deployment's own rolling
 /// updates would never run again) and say so in a `Released` Event.
 async fn release(ctx: &Context, policy: &Policy, d: &Deployment, state: &RolloutState) {
-    if !ctx.is_leader() || !crate::target::is_paused(d) {
+    if !ctx.is_leader() || !crate::k8s::target::is_paused(d) {
         tracing::info!(service = %policy.service, "Policy removed; no rollout in flight.");
         return;
     }
-    let unpaused =
-        crate::target::modify_target(&ctx.client, &policy.namespace, &policy.deployment, |d| {
-            Ok(crate::target::set_paused(d, false))
-        })
-        .await;
+    let unpaused = crate::k8s::target::modify_target(
+        &ctx.client,
+        &policy.namespace,
+        &policy.deployment,
+        |d| Ok(crate::k8s::target::set_paused(d, false)),
+    )
+    .await;
     if let Err(e) = unpaused {
         tracing::warn!(service = %policy.service, error = %e, "Policy removed; could not unpause its Deployment.");
         return;
     }
-    let desired = crate::target::desired_hash(d);
+    let desired = crate::k8s::target::desired_hash(d);
     let rolls = if state.stable_hash.as_deref().is_some_and(|s| s != desired) {
         format!("; its template {desired} now rolls out with the Deployment's own strategy, without canary analysis")
     } else {

@@ -17,9 +17,11 @@ use kube::runtime::controller::Action as Requeue;
 
 use super::pending::Pending;
 use super::{act, now_ms, record, schedule, window, Context, ERROR_RETRY};
+use crate::k8s::target::{
+    self, Observed, ABORT_ANNOTATION, APPROVE_ANNOTATION, MAX_CONFLICT_RETRIES,
+};
 use crate::policy::Policy;
 use crate::rollout::{self, Action, EventKind, Input, Phase, Reason, RolloutState};
-use crate::target::{self, Observed, ABORT_ANNOTATION, APPROVE_ANNOTATION, MAX_CONFLICT_RETRIES};
 use crate::{Error, Result};
 
 /// What one pass ended with.

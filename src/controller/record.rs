@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use super::pending::Pending;
 use super::Context;
+use crate::daemon::server::ServiceStatus;
 use crate::judge::{Decision, Verdict};
 use crate::policy::Policy;
 use crate::rollout::{Phase, RolloutState};
-use crate::server::ServiceStatus;
 use crate::Error;
 
 /// Phase name without the step, as the board and the gauge show it.

@@ -1,9 +1,7 @@
-//! `canaryd run`: the daemon. Loads policies (and reloads them when the
+//! The daemon behind `canaryd run`. Loads policies (and reloads them when the
 //! directory changes), serves HTTP, polls Prometheus for firing alerts, elects
 //! a leader through a Lease and runs the controller until SIGTERM or Ctrl-C.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,36 +9,18 @@ use std::sync::Arc;
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::alerts_poll::{self, POLL_INTERVAL};
+use crate::alerts::poll::{self as alerts_poll, POLL_INTERVAL};
 use crate::controller::{self, Context};
-use crate::lease::{self, Elector, Leadership, LeaseConfig};
-use crate::reload::PolicyStore;
-use crate::server::{self, ServerState};
-use crate::telemetry::Metrics;
+use crate::k8s::lease::{self, Elector, Leadership, LeaseConfig};
 use crate::Error;
+use reload::PolicyStore;
+use server::ServerState;
+use telemetry::Metrics;
 
-/// Arguments of `canaryd run`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Directory (or file) of policy YAML files, one per service.
-    #[arg(long)]
-    pub policies: PathBuf,
-    /// Address for /healthz, /readyz, /metrics, /v1/rollouts and /v1/alerts.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// File holding the bearer token the alert webhook requires (webhook off without it).
-    #[arg(long)]
-    pub alert_token_file: Option<PathBuf>,
-    /// Namespace of the leader-election Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
-    pub lease_namespace: String,
-    /// Name of the leader-election Lease.
-    #[arg(long, default_value = "canaryd")]
-    pub lease_name: String,
-    /// This instance's identity in the Lease (default: pod name, else host-pid).
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
-}
+pub mod notifier;
+pub mod reload;
+pub mod server;
+pub mod telemetry;
 
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -54,30 +34,7 @@ fn default_identity() -> String {
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("canaryd run: {message}");
-    super::exit(super::EXIT_ERROR)
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    crate::cli::exit(crate::cli::EXIT_ERROR)
 }
 
 /// Resolves once `rx` holds true.
@@ -92,7 +49,10 @@ async fn flagged(mut rx: watch::Receiver<bool>) {
 /// valid version of a file stays in force on reload), so one bad edit never
 /// crash-loops every service. Only a start with no valid policy and errors
 /// exits.
-pub async fn run(args: Args) -> ExitCode {
+pub async fn run(
+    args: crate::cli::run::Args,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ExitCode {
     let token = match &args.alert_token_file {
         Some(path) => match server::read_token_file(path) {
             Ok(t) => Some(t),
@@ -153,7 +113,7 @@ pub async fn run(args: Args) -> ExitCode {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        termination().await;
+        shutdown.await;
         tracing::info!("Shutting down: finishing the current action.");
         stop_tx.send_replace(true);
     });
@@ -215,7 +175,7 @@ pub async fn run(args: Args) -> ExitCode {
         return fail(format!("{why}; exiting"));
     }
     lease_stop_tx.send_replace(true);
-    let mut code = super::exit(super::EXIT_OK);
+    let mut code = crate::cli::exit(crate::cli::EXIT_OK);
     match lease_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => code = fail(e),

@@ -22,8 +22,8 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
+use crate::daemon::server::ServerState;
 use crate::policy::{load_file, Policy, PolicyError, PolicyErrors};
-use crate::server::ServerState;
 
 /// Full rescan interval: the backstop when a filesystem event is missed (or
 /// the watch could not be set up, e.g. inotify limits are exhausted).

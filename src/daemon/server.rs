@@ -17,8 +17,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::alerts::{parse_webhook, FiringAlerts};
+use crate::daemon::telemetry::Metrics;
 use crate::judge::Verdict;
-use crate::telemetry::Metrics;
 
 /// Largest accepted webhook body. 1,000 alerts with rich labels stay well below.
 pub const MAX_ALERT_BODY_BYTES: usize = 4 * 1024 * 1024;

@@ -10,6 +10,8 @@
 //! The load generator sends a fixed request rate, round-robin over loopback
 //! URLs, for a bounded duration, and reports what it sent and got back.
 
+pub mod pods;
+
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

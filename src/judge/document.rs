@@ -7,8 +7,6 @@
 //! rollback stops the replay. Every input problem is reported with its JSON
 //! path; nothing here panics on bad input.
 
-use std::io::Read;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -39,66 +37,6 @@ pub struct Document {
     pub options: JudgeOptions,
     /// Windows in order.
     pub windows: Vec<WindowObservation>,
-}
-
-/// Judges the JSON document named by `args.input` (or stdin).
-pub fn run(args: super::judge::Args) -> ExitCode {
-    let (name, text) = match read_input(args.input.as_deref()) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("canaryd judge: {e}");
-            return super::exit(super::EXIT_ERROR);
-        }
-    };
-    let doc = match parse_document(&text) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("canaryd judge: {name}: {e}");
-            return super::exit(super::EXIT_ERROR);
-        }
-    };
-    let verdict = judge_document(&doc);
-    match serde_json::to_string_pretty(&verdict) {
-        Ok(s) => println!("{s}"),
-        Err(e) => {
-            eprintln!(
-                "canaryd judge: {}",
-                Error::WriteOutput(std::io::Error::other(e))
-            );
-            return super::exit(super::EXIT_ERROR);
-        }
-    }
-    super::verdict_exit(verdict.decision)
-}
-
-fn read_input(path: Option<&std::path::Path>) -> Result<(String, String), Error> {
-    let (name, reader): (String, Box<dyn Read>) = match path {
-        None => ("<stdin>".into(), Box::new(std::io::stdin())),
-        Some(p) if p.as_os_str() == "-" => ("<stdin>".into(), Box::new(std::io::stdin())),
-        Some(p) => {
-            let f = std::fs::File::open(p).map_err(|source| Error::ReadInput {
-                path: p.display().to_string(),
-                source,
-            })?;
-            (p.display().to_string(), Box::new(f))
-        }
-    };
-    let mut bytes = Vec::new();
-    reader
-        .take(MAX_DOCUMENT_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| Error::ReadInput {
-            path: name.clone(),
-            source,
-        })?;
-    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
-        return Err(Error::ParseJudgeInput(format!(
-            "{name}: larger than {MAX_DOCUMENT_BYTES} bytes"
-        )));
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|e| Error::ParseJudgeInput(format!("{name}: not UTF-8: {e}")))?;
-    Ok((name, text))
 }
 
 /// Replays the windows and returns the verdict after the last one, or the

@@ -15,6 +15,7 @@
 
 pub mod classic;
 pub mod codec;
+pub mod document;
 pub mod grid;
 pub mod histogram;
 pub mod mannwhitney;

@@ -15,7 +15,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::target::FIELD_MANAGER;
+use crate::k8s::target::FIELD_MANAGER;
 use crate::{Error, Result};
 
 /// How long a Lease holds without renewal.

@@ -20,10 +20,10 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::policy::{Policy, Traffic};
-use crate::target::{
+use crate::k8s::target::{
     owner_reference, Arm, FIELD_MANAGER, MANAGED_BY, MAX_CONFLICT_RETRIES, ROLE_LABEL,
 };
+use crate::policy::{Policy, Traffic};
 use crate::{Error, Result};
 
 /// ingress-nginx annotation marking an Ingress as the canary of another.

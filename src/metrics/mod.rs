@@ -12,6 +12,7 @@
 mod error;
 mod prometheus;
 mod query;
+pub mod range;
 
 use std::time::Duration;
 

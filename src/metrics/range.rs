@@ -10,12 +10,11 @@
 //! 1 rollback, 2 error, 3 inconclusive.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use serde::Serialize;
 
 use crate::judge::{self, Decision, Evidence, Verdict};
-use crate::metrics::{MetricSource, PrometheusSource, Window};
+use crate::metrics::{MetricSource, Window};
 use crate::observation::MetricWindow;
 use crate::policy::Policy;
 
@@ -55,50 +54,6 @@ pub struct RangeReport {
     pub timeline: Vec<TimelineEntry>,
     /// The final verdict.
     pub verdict: Verdict,
-}
-
-/// Judges `--from`..`--to` from Prometheus as the daemon would have.
-pub async fn run(args: super::judge::Args) -> ExitCode {
-    match run_inner(&args).await {
-        Ok(report) => {
-            for e in &report.timeline {
-                let what = e
-                    .decision
-                    .map(|d| format!("{d:?}"))
-                    .unwrap_or_else(|| "hold".into());
-                eprintln!(
-                    "window {:>3} [{}..{}] {what}: {}",
-                    e.window, e.from, e.to, e.reason
-                );
-            }
-            match serde_json::to_string_pretty(&report) {
-                Ok(json) => println!("{json}"),
-                Err(e) => {
-                    eprintln!("canaryd judge: {e}");
-                    return super::exit(super::EXIT_ERROR);
-                }
-            }
-            super::verdict_exit(report.verdict.decision)
-        }
-        Err(e) => {
-            eprintln!("canaryd judge: {e}");
-            super::exit(super::EXIT_ERROR)
-        }
-    }
-}
-
-async fn run_inner(args: &super::judge::Args) -> Result<RangeReport, String> {
-    let (Some(url), Some(policy_path), Some(from), Some(to)) =
-        (&args.prometheus, &args.policy, &args.from, &args.to)
-    else {
-        return Err("--prometheus needs --policy, --from and --to".into());
-    };
-    let mut policy = crate::policy::load_file(policy_path).map_err(|e| e.to_string())?;
-    policy.analysis.prometheus.url = url.clone();
-    let from = parse_time(from).map_err(|e| format!("--from: {e}"))?;
-    let to = parse_time(to).map_err(|e| format!("--to: {e}"))?;
-    let source = PrometheusSource::new(&policy.analysis.prometheus).map_err(|e| e.to_string())?;
-    judge_range(&source, &policy, policy_path, from, to).await
 }
 
 /// Judges `from..to` (Unix seconds) window by window with `source`.

@@ -1,18 +1,17 @@
-//! Kubernetes actuation against a real control plane: `canaryd::target` and
-//! `canaryd::router` driven directly (no daemon).
+//! Kubernetes actuation against a real control plane: `canaryd::k8s::target` and
+//! `canaryd::k8s::router` driven directly (no daemon).
 //!
 //! Needs `CANARYD_KUBECONFIG` (`scripts/test` starts the sandbox). Pods run on
 //! KWOK fake nodes, which mark them Ready without running containers.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use crate::support::cluster;
 
 use std::path::Path;
 use std::time::Duration;
 
+use canaryd::k8s::router::{self, httproute_resource, NGINX_CANARY, NGINX_CANARY_WEIGHT};
+use canaryd::k8s::target::{self, Arm, ROLE_LABEL};
 use canaryd::policy::{parse_str, Policy};
-use canaryd::router::{self, httproute_resource, NGINX_CANARY, NGINX_CANARY_WEIGHT};
-use canaryd::target::{self, Arm, ROLE_LABEL};
 use cluster::{deployment, image, install_httproute_crd, wait_until, TestNamespace};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};

@@ -7,17 +7,7 @@
 //! switched back when a real alert fires in its guard window (that test needs
 //! `CANARYD_KUBECONFIG`, which `scripts/test` sets).
 
-#[path = "support/prom.rs"]
-mod prom;
-
-#[path = "support/alertmanager.rs"]
-mod alertmanager;
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/pods.rs"]
-mod pods;
+use crate::support::{alertmanager, cluster, daemon, pods, prom};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alertmanager::{AlertingProm, Alertmanager, Credentials, Rule};
-use canaryd::alerts_poll::{AlertPoller, POLL_SOURCE};
+use canaryd::alerts::poll::{AlertPoller, POLL_SOURCE};
+use canaryd::daemon::server::{self, ServerState};
+use canaryd::daemon::telemetry::Metrics;
 use canaryd::demo::{self, AppConfig, LoadConfig};
 use canaryd::policy::{self, Policy, PrometheusConfig};
-use canaryd::server::{self, ServerState};
-use canaryd::telemetry::Metrics;
 use daemon::{state_of, write_policies, Daemon, DaemonOptions};
 use prom::Target;
 use tokio::sync::oneshot;
@@ -396,7 +386,7 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(150);
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Blue-green policy with `{ns}` and `{prom}` to fill in.
-const BLUE_GREEN_POLICY: &str = include_str!("fixtures/daemon/blue-green.yaml");
+const BLUE_GREEN_POLICY: &str = include_str!("../fixtures/daemon/blue-green.yaml");
 
 fn play(pod: &k8s_openapi::api::core::v1::Pod) -> Option<pods::Behaviour> {
     let version = match pods::image_of(pod).as_str() {
@@ -478,8 +468,9 @@ async fn canaryd_run_switches_blue_green_back_when_a_real_alert_fires() {
     });
     cluster::wait_until(DAEMON_TIMEOUT, "web adopted", || async {
         let d = deployments.get("web").await.map_err(|e| e.to_string())?;
-        if canaryd::target::is_paused(&d)
-            && canaryd::target::annotation(&d, canaryd::target::STATE_ANNOTATION).is_some()
+        if canaryd::k8s::target::is_paused(&d)
+            && canaryd::k8s::target::annotation(&d, canaryd::k8s::target::STATE_ANNOTATION)
+                .is_some()
         {
             Ok(())
         } else {

@@ -5,14 +5,7 @@
 //! `prometheus` binary. Each test has its own namespace (also holding its
 //! Lease), Prometheus, pod player and daemon(s); policies use 5 s windows.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/pods.rs"]
-mod pods;
-#[path = "support/prom.rs"]
-mod prom;
+use crate::support::{cluster, daemon, pods, prom};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,9 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use canaryd::k8s::router::httproute_resource;
+use canaryd::k8s::target::{self, ROLE_LABEL};
 use canaryd::rollout::Phase;
-use canaryd::router::httproute_resource;
-use canaryd::target::{self, ROLE_LABEL};
 use cluster::{image, wait_until, TestNamespace};
 use daemon::{state_of, tail, write_policies, Daemon, DaemonOptions};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -617,7 +610,7 @@ async fn ingress_weights_follow_the_steps() {
                 None => String::from("absent"),
                 Some(i) => i
                     .annotations()
-                    .get(canaryd::router::NGINX_CANARY_WEIGHT)
+                    .get(canaryd::k8s::router::NGINX_CANARY_WEIGHT)
                     .cloned()
                     .unwrap_or_default(),
             };
@@ -748,7 +741,7 @@ async fn fire_web_down(daemon: &Daemon, fingerprint: &str) {
 }
 
 /// Blue-green policy with `{ns}` and `{prom}` to fill in.
-const BLUE_GREEN_POLICY: &str = include_str!("fixtures/daemon/blue-green.yaml");
+const BLUE_GREEN_POLICY: &str = include_str!("../fixtures/daemon/blue-green.yaml");
 
 fn selector_version(svc: &Service) -> String {
     svc.spec

@@ -1,6 +1,6 @@
 //! The end-to-end proof: `canaryd run` (a child process) on the real control
 //! plane, with a real Prometheus scraping demo-apps that play the pods
-//! (`canaryd::demo_pods`), and a real alerting Prometheus and Alertmanager.
+//! (`canaryd::demo::pods`), and a real alerting Prometheus and Alertmanager.
 //!
 //! One story on the seed's Deployment `test/myapp-deploy` (3 replicas, image
 //! `myapp:v1`), in order, with one daemon that is never restarted:
@@ -22,16 +22,7 @@
 //! The namespace `test` is created when absent (and then deleted at the end);
 //! leftovers of an earlier run are removed first, so the test can be re-run.
 
-#[path = "support/alertmanager.rs"]
-mod alertmanager;
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/pods.rs"]
-mod pods;
-#[path = "support/prom.rs"]
-mod prom;
+use crate::support::{alertmanager, cluster, daemon, pods, prom};
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -40,8 +31,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use alertmanager::{AlertingProm, Alertmanager, Credentials, Rule};
 use canaryd::demo::{self, AppConfig, LoadConfig};
 use canaryd::judge::Decision;
+use canaryd::k8s::target;
 use canaryd::rollout::Phase;
-use canaryd::target;
 use cluster::wait_until;
 use daemon::{state_of, write_policies, Daemon, DaemonOptions};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -118,7 +109,7 @@ fn image_for(tag: &str) -> String {
 
 fn behaviour(pod: &Pod) -> Option<Behaviour> {
     let image = pods::image_of(pod);
-    let tag = canaryd::demo_pods::image_tag(&image);
+    let tag = canaryd::demo::pods::image_tag(&image);
     let error_rate = match tag {
         "v1" | "v2" | "v4" => BASE_ERRORS,
         "v3" => BAD_ERRORS,

@@ -5,8 +5,7 @@
 //! (`scripts/test` sets them up; see docs/sandbox.md). Pods run on KWOK fake
 //! nodes: they never start a container, KWOK marks them Ready.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use crate::support::cluster;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -493,9 +492,9 @@ async fn restricted_identity_is_forbidden_outside_its_grant() {
 /// ReplicaSet the Deployment controller copies it to), and reads back equal.
 #[tokio::test]
 async fn worst_case_state_annotation_round_trips_through_the_apiserver() {
+    use canaryd::k8s::target::STATE_ANNOTATION;
     use canaryd::rollout::worst_case::{largest_metrics, worst_case_state};
     use canaryd::rollout::{RolloutState, MAX_STATE_BYTES};
-    use canaryd::target::STATE_ANNOTATION;
 
     let ns = TestNamespace::create().await;
     let deploys: Api<Deployment> = ns.api();

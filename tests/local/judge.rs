@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use canaryd::cli::judge_file::parse_document;
+use canaryd::judge::document::parse_document;
 use canaryd::judge::grid::LogLik;
 use canaryd::judge::mannwhitney::{hodges_lehmann, mann_whitney};
 use canaryd::judge::sequential::{bounds_log_e, errors_log_e, latency_log_e, shift_log_e};
@@ -786,7 +786,7 @@ proptest! {
             v = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","),
         );
         if let Ok(d) = parse_document(&doc) {
-            let _ = canaryd::cli::judge_file::judge_document(&d);
+            let _ = canaryd::judge::document::judge_document(&d);
         }
     }
 

@@ -6,8 +6,7 @@
 //! 120 ms median latency against the baseline's 0.5% and 50 ms; in
 //! namespace `good` both arms behave like the baseline.
 
-#[path = "support/prom.rs"]
-mod prom;
+use crate::support::prom;
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -1,8 +1,7 @@
 //! The Prometheus metric source against a real Prometheus scraping real
 //! demo-app instances (in-process), and the judge fed by it.
 
-#[path = "support/prom.rs"]
-mod prom;
+use crate::support::prom;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,7 +34,7 @@ fn now_secs() -> i64 {
 
 fn policy(url: &str, baseline: BaselineMode, interval: Duration) -> Policy {
     Policy {
-        source: "tests/prometheus.rs".into(),
+        source: "tests/local/prometheus.rs".into(),
         service: DEPLOYMENT.into(),
         namespace: NAMESPACE.into(),
         deployment: DEPLOYMENT.into(),

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use canaryd::daemon::reload::{PolicySet, PolicyStore, ReloadOptions};
+use canaryd::daemon::server::ServerState;
+use canaryd::daemon::telemetry::Metrics;
 use canaryd::policy::Strategy;
-use canaryd::reload::{PolicySet, PolicyStore, ReloadOptions};
-use canaryd::server::ServerState;
-use canaryd::telemetry::Metrics;
 use tokio::sync::{oneshot, watch};
 
 /// Longest a change may take to be published.

@@ -18,13 +18,12 @@
 //! inline) with 1 s grouping. [`AlertingProm::start`] runs Prometheus with one
 //! rule file and that Alertmanager as its alerting target. Both are killed on
 //! drop, so a failing test never leaves them behind.
-#![allow(dead_code)] // each test file uses a different subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::prom::{
+use super::prom::{
     free_port, http_get_status, prometheus_binary, scrape_config, Target, SCRAPE_INTERVAL,
 };
 

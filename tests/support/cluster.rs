@@ -12,14 +12,13 @@
 //! but any cluster works (see docs/sandbox.md). Everything a test creates goes
 //! into a throw-away namespace (`TestNamespace`), so tests never touch
 //! existing workloads and can run in parallel.
-#![allow(dead_code)] // each test file uses a different subset
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use canaryd::router::httproute_resource;
+use canaryd::k8s::router::httproute_resource;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, PodSpec, Service, ServiceAccount, Toleration};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

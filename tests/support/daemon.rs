@@ -1,5 +1,5 @@
 //! `canaryd run` as a child process, shared by the tests that drive the real
-//! daemon (tests/daemon.rs, tests/e2e.rs, tests/alertmanager.rs).
+//! daemon (tests/cluster/daemon.rs, tests/cluster/e2e.rs, tests/cluster/alertmanager.rs).
 //!
 //! Include with `#[path = "support/daemon.rs"] mod daemon;` next to
 //! `mod prom;` (for free ports). A test file adds its own methods (readiness,
@@ -16,7 +16,7 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
-    #[allow(dead_code)] // read only by tests/daemon.rs
+    #[allow(dead_code)] // read only by tests/cluster/daemon.rs
     pub identity: String,
 }
 
@@ -41,7 +41,7 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables (fault hooks).
     pub fn start_with_env(o: &DaemonOptions, env: &[(&str, &str)]) -> Daemon {
-        let port = crate::prom::free_port();
+        let port = super::prom::free_port();
         let log = o.log_dir.join(format!("canaryd-{}-{port}.log", o.identity));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_canaryd"));
@@ -94,7 +94,7 @@ impl Daemon {
     }
 
     /// `GET /v1/rollouts` as JSON.
-    #[allow(dead_code)] // tests/daemon.rs does not read the board
+    #[allow(dead_code)] // tests/cluster/daemon.rs does not read the board
     pub async fn board(&self) -> serde_json::Value {
         reqwest::get(format!("{}/v1/rollouts", self.url()))
             .await
@@ -113,7 +113,7 @@ impl Daemon {
     }
 
     /// SIGTERM and wait for the exit.
-    #[allow(dead_code)] // tests/alertmanager.rs never stops it gracefully
+    #[allow(dead_code)] // tests/cluster/alertmanager.rs never stops it gracefully
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
         let sent = Command::new("kill")
@@ -140,7 +140,7 @@ pub fn tail(text: &str, n: usize) -> String {
 
 /// The rollout state canaryd wrote on `d` (the default when none).
 pub fn state_of(d: &Deployment) -> RolloutState {
-    canaryd::target::annotation(d, canaryd::target::STATE_ANNOTATION)
+    canaryd::k8s::target::annotation(d, canaryd::k8s::target::STATE_ANNOTATION)
         .map(|t| RolloutState::from_json(t).expect("valid state"))
         .unwrap_or_default()
 }

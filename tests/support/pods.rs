@@ -8,17 +8,16 @@
 //! ```
 //!
 //! KWOK pods run no containers, so metrics for canary-vs-baseline analysis
-//! come from [`canaryd::demo_pods`] (also behind `canaryd demo-pods`): a
+//! come from [`canaryd::demo::pods`] (also behind `canaryd demo-pods`): a
 //! [`PodPlayer`] serves a demo-app per Ready pod the test's `behaviour`
 //! function accepts, labelled with that pod's name, sends it steady load and
 //! lists it in a Prometheus file_sd file. [`start_prometheus`] starts a real
 //! Prometheus (the `prom.rs` harness) that scrapes whatever that file lists.
-#![allow(dead_code, unused_imports)] // each test file uses a different subset
 
 use std::path::Path;
 
-use canaryd::demo_pods;
-pub use canaryd::demo_pods::{image_of, role_of, Behaviour, BehaviourFn, PodPlayer};
+use canaryd::demo::pods;
+pub use canaryd::demo::pods::{image_of, role_of, Behaviour, BehaviourFn, PodPlayer};
 
 use super::prom::Prom;
 
@@ -26,7 +25,7 @@ use super::prom::Prom;
 /// refresh). `sd_file` is created empty if missing.
 pub fn start_prometheus(sd_file: &Path) -> Prom {
     if !sd_file.exists() {
-        demo_pods::write_atomically(sd_file, "[]")
+        pods::write_atomically(sd_file, "[]")
             .unwrap_or_else(|e| panic!("writing {}: {e}", sd_file.display()));
     }
     // The harness writes a static config; replace it with a file_sd one and

@@ -13,7 +13,6 @@
 //! target group per target carrying `namespace` and `pod` labels). It never
 //! touches a system Prometheus. Dropping [`Prom`] kills the process, so a
 //! failing test never leaves it behind.
-#![allow(dead_code)] // each test file uses a different subset
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

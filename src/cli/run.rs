@@ -1,0 +1,33 @@
+//! `canaryd run`: the daemon's arguments; the wiring lives in [`crate::daemon`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `canaryd run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory (or file) of policy YAML files, one per service.
+    #[arg(long)]
+    pub policies: PathBuf,
+    /// Address for /healthz, /readyz, /metrics, /v1/rollouts and /v1/alerts.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// File holding the bearer token the alert webhook requires (webhook off without it).
+    #[arg(long)]
+    pub alert_token_file: Option<PathBuf>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "canaryd")]
+    pub lease_name: String,
+    /// This instance's identity in the Lease (default: pod name, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub async fn run(args: Args) -> ExitCode {
+    crate::daemon::run(args, super::termination()).await
+}

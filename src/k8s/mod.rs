@@ -1,0 +1,8 @@
+//! The Kubernetes-facing shell: the managed Deployment and its canary and
+//! baseline ([`target`]), traffic routing ([`router`]) and leader election
+//! ([`lease`]). Everything here talks to the API server; the decisions come
+//! from the pure [`crate::rollout`] engine.
+
+pub mod lease;
+pub mod router;
+pub mod target;
