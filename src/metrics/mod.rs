@@ -10,7 +10,7 @@
 //! [`ArmValue::NoData`]: crate::observation::ArmValue::NoData
 
 mod error;
-mod prometheus;
+mod prometheus_source;
 mod query;
 pub mod range;
 
@@ -22,7 +22,7 @@ use crate::observation::WindowObservation;
 use crate::policy::{BaselineMode, Policy};
 
 pub use error::MetricsError;
-pub use prometheus::{
+pub use prometheus_source::{
     PrometheusSource, SourceOptions, CONNECT_TIMEOUT, EVAL_TIMEOUT, INITIAL_BACKOFF, MAX_ATTEMPTS,
     QUERY_TIMEOUT, READY_TIMEOUT,
 };
