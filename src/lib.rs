@@ -157,6 +157,14 @@ pub enum Error {
         /// Why it failed.
         message: String,
     },
+    /// Reading or writing the cluster-wide alert record failed.
+    #[error("alert record {name}: {source}")]
+    AlertRecord {
+        /// `namespace/name` of the record.
+        name: String,
+        /// Why it failed.
+        source: Box<kube::Error>,
+    },
     /// Fetching the daemon's rollout board failed.
     #[error("fetching {url}: {message}")]
     FetchStatus {

@@ -4,9 +4,11 @@
 //! no Alertmanager webhook, and a missed notification is caught up.
 //!
 //! The poll only adds the alerts it sees and resolves the alerts *it* saw
-//! before and no longer sees. It never clears alerts that only arrived through
-//! the webhook (from another Prometheus, or a Loki or Mimir ruler). An alert
-//! that both paths report is resolved by whichever reports the end first.
+//! before and no longer sees. The index keeps polled and webhook alerts
+//! apart ([`Source`]), so the poll never clears alerts that arrived through
+//! the webhook (from another Prometheus, or a Loki or Mimir ruler), and an
+//! alert that both paths report fires until both report its end. Each
+//! replica polls for itself; the answers are the same on every replica.
 //!
 //! A Prometheus that does not answer changes nothing it reported: its alerts
 //! are neither added nor resolved until it answers again. Poll errors are
@@ -23,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus_http_query::response::Data;
 use tokio::sync::watch;
 
-use crate::alerts::{AlertChanges, AlertStatus, WebhookAlert};
+use crate::alerts::{AlertChanges, AlertStatus, Source, WebhookAlert};
 use crate::daemon::reload::PolicySet;
 use crate::daemon::server::ServerState;
 use crate::metrics::PrometheusSource;
@@ -111,6 +113,7 @@ pub fn poll_notification(
         labels: labels.clone(),
         annotations: BTreeMap::new(),
         fingerprint: None,
+        ends_at_ms: None,
     };
     // Firing ones are re-sent each poll: the index deduplicates them and
     // restores any that another path resolved while Prometheus still fires.
@@ -249,9 +252,12 @@ impl AlertPoller {
         if notification.is_empty() {
             return outcome;
         }
+        let now_ms = at.saturating_mul(1000);
         outcome.changes = match state.alerts.lock() {
-            Ok(mut index) => index.apply(&notification),
-            Err(poisoned) => poisoned.into_inner().apply(&notification),
+            Ok(mut index) => index.apply(Source::Poll, &notification, now_ms),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .apply(Source::Poll, &notification, now_ms),
         };
         state
             .metrics
@@ -259,25 +265,17 @@ impl AlertPoller {
             .with_label_values(&[POLL_SOURCE])
             .inc_by(outcome.firing as u64);
         let c = &outcome.changes;
-        if !c.started.is_empty() || !c.resolved.is_empty() {
+        if c.changed() {
             tracing::info!(
                 started = c.started.len(),
                 resolved = c.resolved.len(),
                 firing = outcome.firing,
                 "Polled alerts changed the firing set."
             );
-            wake(state);
+            state.wake_alerts();
         }
         outcome
     }
-}
-
-/// Wakes whoever waits on `alerts_changed`. `notify_one` also leaves a permit
-/// when nobody is waiting at this instant, so a controller that is between
-/// two waits still sees the change.
-fn wake(state: &ServerState) {
-    state.alerts_changed.notify_one();
-    state.alerts_changed.notify_waiters();
 }
 
 async fn query_source(s: &Polled, at: i64) -> Result<BTreeSet<Labels>, PollError> {
@@ -432,8 +430,13 @@ mod tests {
             labels: labels(&[("alertname", "FromLoki"), ("service", "myapp")]),
             annotations: BTreeMap::new(),
             fingerprint: Some("f1".into()),
+            ends_at_ms: None,
         };
-        state.alerts.lock().unwrap().apply(&[webhook]);
+        state
+            .alerts
+            .lock()
+            .unwrap()
+            .apply(Source::Webhook, &[webhook], 0);
         // A port that was just free: the connection is refused.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

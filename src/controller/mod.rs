@@ -152,8 +152,10 @@ impl Context {
             return Vec::new();
         }
         match self.server.alerts.lock() {
-            Ok(index) => index.matching(&policy.alerts),
-            Err(poisoned) => poisoned.into_inner().matching(&policy.alerts),
+            Ok(mut index) => index.matching(&policy.alerts, now_ms() as i64),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .matching(&policy.alerts, now_ms() as i64),
         }
     }
 }

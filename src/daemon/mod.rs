@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::alerts::poll::{self as alerts_poll, POLL_INTERVAL};
 use crate::controller::{self, Context};
+use crate::k8s::alert_record::{AlertRecordStore, RECORD_SUFFIX};
 use crate::k8s::lease::{self, Elector, Leadership, LeaseConfig};
 use crate::Error;
 use reload::PolicyStore;
@@ -117,6 +118,15 @@ pub async fn run(
         tracing::info!("Shutting down: finishing the current action.");
         stop_tx.send_replace(true);
     });
+    let record = Arc::new(AlertRecordStore::new(
+        client.clone(),
+        &args.lease_namespace,
+        &format!("{}{RECORD_SUFFIX}", args.lease_name),
+        store.subscribe(),
+    ));
+    // Set before the server starts, so no notification skips the record.
+    let _ = state.alert_record.set(record.clone());
+    tokio::spawn(record.watch(state.clone(), flagged(stop_rx.clone())));
     let server_task = tokio::spawn(server::serve(
         listener,
         state.clone(),

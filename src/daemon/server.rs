@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -16,9 +16,10 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
-use crate::alerts::{parse_webhook, FiringAlerts};
+use crate::alerts::{parse_webhook, FiringAlerts, Source, WebhookAlert};
 use crate::daemon::telemetry::Metrics;
 use crate::judge::Verdict;
+use crate::k8s::alert_record::AlertRecordStore;
 
 /// Largest accepted webhook body. 1,000 alerts with rich labels stay well below.
 pub const MAX_ALERT_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -99,6 +100,10 @@ pub struct ServerState {
     pub alerts_changed: Notify,
     /// Bearer token the webhook requires; `None` disables the webhook.
     pub alert_token: Option<Vec<u8>>,
+    /// The cluster-wide alert record the webhook writes to, once the daemon
+    /// has a Kubernetes client; without it (tests of this module alone) the
+    /// webhook changes only this process's index.
+    pub alert_record: OnceLock<Arc<AlertRecordStore>>,
     /// What `/v1/rollouts` shows.
     pub status: RwLock<StatusBoard>,
     /// What `/readyz` checks.
@@ -113,9 +118,20 @@ impl ServerState {
             alerts: Mutex::new(FiringAlerts::default()),
             alerts_changed: Notify::new(),
             alert_token,
+            alert_record: OnceLock::new(),
             status: RwLock::new(StatusBoard::default()),
             readiness: Readiness::default(),
         }
+    }
+}
+
+impl ServerState {
+    /// Wakes whoever waits on `alerts_changed`. `notify_one` also leaves a
+    /// permit when nobody is waiting at this instant, so a controller that is
+    /// between two waits still sees the change.
+    pub fn wake_alerts(&self) {
+        self.alerts_changed.notify_one();
+        self.alerts_changed.notify_waiters();
     }
 }
 
@@ -215,13 +231,18 @@ async fn require_token(
 }
 
 /// What the webhook answers after applying a notification.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct AlertsAccepted {
     received: usize,
     started: usize,
     resolved: usize,
     duplicates: usize,
+    /// Firing alerts that no policy matches; they cannot affect a rollout.
+    unmatched: usize,
+    /// Firing alerts left out because the record is full (answered with 507,
+    /// so Alertmanager sends them again).
+    refused: usize,
 }
 
 async fn receive_alerts(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
@@ -229,30 +250,67 @@ async fn receive_alerts(State(state): State<Arc<ServerState>>, body: Bytes) -> R
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let changes = match state.alerts.lock() {
-        Ok(mut index) => index.apply(&payload.alerts),
-        Err(_) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "alert index poisoned\n").into_response()
-        }
-    };
     state
         .metrics
         .alerts_received
         .with_label_values(&["webhook"])
         .inc_by(payload.alerts.len() as u64);
-    if !changes.started.is_empty() || !changes.resolved.is_empty() {
-        // notify_one keeps a permit when nobody waits right now; notify_waiters
-        // wakes everyone who does.
-        state.alerts_changed.notify_one();
-        state.alerts_changed.notify_waiters();
-    }
-    Json(AlertsAccepted {
-        received: payload.alerts.len(),
+    let now_ms = crate::controller::now_ms() as i64;
+    let accepted = match state.alert_record.get() {
+        Some(store) => match record(&state, store, &payload.alerts, now_ms).await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "Alert notification not recorded; Alertmanager will retry.");
+                let body = format!("alert notification not recorded, retry: {e}\n");
+                return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+            }
+        },
+        None => apply_locally(&state, &payload.alerts, now_ms),
+    };
+    let status = if accepted.refused > 0 {
+        StatusCode::INSUFFICIENT_STORAGE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(accepted)).into_response()
+}
+
+/// Writes a notification into the cluster-wide record, then puts the record
+/// into this replica's index at once (the watch brings it to the others).
+async fn record(
+    state: &ServerState,
+    store: &AlertRecordStore,
+    alerts: &[WebhookAlert],
+    now_ms: i64,
+) -> crate::Result<AlertsAccepted> {
+    let (written, changes) = store.apply(alerts, now_ms).await?;
+    crate::k8s::alert_record::publish(state, &written);
+    Ok(AlertsAccepted {
+        received: alerts.len(),
         started: changes.started.len(),
         resolved: changes.resolved.len(),
         duplicates: changes.duplicates,
+        unmatched: changes.unmatched,
+        refused: changes.refused,
     })
-    .into_response()
+}
+
+/// Applies a notification to this process's index only.
+fn apply_locally(state: &ServerState, alerts: &[WebhookAlert], now_ms: i64) -> AlertsAccepted {
+    let changes = match state.alerts.lock() {
+        Ok(mut index) => index.apply(Source::Webhook, alerts, now_ms),
+        Err(poisoned) => poisoned.into_inner().apply(Source::Webhook, alerts, now_ms),
+    };
+    if changes.changed() {
+        state.wake_alerts();
+    }
+    AlertsAccepted {
+        received: alerts.len(),
+        started: changes.started.len(),
+        resolved: changes.resolved.len(),
+        duplicates: changes.duplicates,
+        ..AlertsAccepted::default()
+    }
 }
 
 #[cfg(test)]

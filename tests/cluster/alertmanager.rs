@@ -89,7 +89,12 @@ alerts:
 }
 
 fn matching(state: &ServerState, policy: &Policy) -> Vec<String> {
-    state.alerts.lock().unwrap().matching(&policy.alerts)
+    let now_ms = canaryd::controller::now_ms() as i64;
+    state
+        .alerts
+        .lock()
+        .unwrap()
+        .matching(&policy.alerts, now_ms)
 }
 
 fn received(state: &ServerState, source: &str) -> u64 {
