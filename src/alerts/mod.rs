@@ -359,18 +359,20 @@ impl FiringAlerts {
             .into_iter()
             .map(|a| (a.fingerprint.clone(), a))
             .collect();
-        let mut changes = AlertChanges::default();
-        changes.started = next
-            .keys()
-            .filter(|k| !self.webhook.contains_key(*k))
-            .cloned()
-            .collect();
-        changes.resolved = self
-            .webhook
-            .keys()
-            .filter(|k| !next.contains_key(*k))
-            .cloned()
-            .collect();
+        let changes = AlertChanges {
+            started: next
+                .keys()
+                .filter(|k| !self.webhook.contains_key(*k))
+                .cloned()
+                .collect(),
+            resolved: self
+                .webhook
+                .keys()
+                .filter(|k| !next.contains_key(*k))
+                .cloned()
+                .collect(),
+            duplicates: 0,
+        };
         self.webhook = next;
         changes
     }
