@@ -13,9 +13,18 @@ pub struct Args {
     /// Address for /healthz, /readyz, /metrics, /v1/rollouts and /v1/alerts.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// File holding the bearer token the alert webhook requires (webhook off without it).
+    /// File holding the bearer token the alert webhook requires (at least 16
+    /// bytes; re-read when it changes). Without it the webhook answers 404.
     #[arg(long)]
     pub alert_token_file: Option<PathBuf>,
+    /// File holding a bearer token that lets clients beyond loopback read
+    /// /v1/rollouts (the alert token does too). Without either, only loopback may.
+    #[arg(long)]
+    pub read_token_file: Option<PathBuf>,
+    /// Run without the alert webhook on purpose (alerts only through ALERTS
+    /// polling); required to listen beyond loopback without --alert-token-file.
+    #[arg(long, conflicts_with = "alert_token_file")]
+    pub no_alert_webhook: bool,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
     pub lease_namespace: String,

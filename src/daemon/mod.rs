@@ -17,11 +17,13 @@ use crate::Error;
 use reload::PolicyStore;
 use server::ServerState;
 use telemetry::Metrics;
+use token::TokenFile;
 
 pub mod notifier;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod token;
 
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -36,6 +38,41 @@ fn default_identity() -> String {
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("canaryd run: {message}");
     crate::cli::exit(crate::cli::EXIT_ERROR)
+}
+
+/// The daemon's bearer tokens, checked before anything starts.
+struct Tokens {
+    alert: Option<Arc<TokenFile>>,
+    read: Option<Arc<TokenFile>>,
+}
+
+impl Tokens {
+    /// Reads the token files and refuses an exposed listener without one.
+    fn open(args: &crate::cli::run::Args) -> Result<Self, String> {
+        let open = |path: &Option<std::path::PathBuf>| {
+            path.as_deref()
+                .map(|p| TokenFile::open(p).map(Arc::new))
+                .transpose()
+                .map_err(|e| e.to_string())
+        };
+        let tokens = Tokens {
+            alert: open(&args.alert_token_file)?,
+            read: open(&args.read_token_file)?,
+        };
+        token::check_exposure(args.listen, tokens.alert.is_some(), args.no_alert_webhook)
+            .map_err(|e| e.to_string())?;
+        Ok(tokens)
+    }
+
+    /// Follows rotations of the token files until shutdown.
+    fn follow(&self, stop: &watch::Receiver<bool>) {
+        for (what, token) in [("alert", &self.alert), ("read", &self.read)] {
+            if let Some(token) = token.clone() {
+                let stop = flagged(stop.clone());
+                tokio::spawn(async move { token.follow(what, stop).await });
+            }
+        }
+    }
 }
 
 /// Resolves once `rx` holds true.
@@ -54,18 +91,18 @@ pub async fn run(
     args: crate::cli::run::Args,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
-    let token = match &args.alert_token_file {
-        Some(path) => match server::read_token_file(path) {
-            Ok(t) => Some(t),
-            Err(e) => return fail(e),
-        },
-        None => None,
+    let tokens = match Tokens::open(&args) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
     };
     let metrics = match Metrics::new() {
         Ok(m) => m,
         Err(e) => return fail(format!("registering metrics: {e}")),
     };
-    let state = Arc::new(ServerState::new(metrics, token));
+    let mut state = ServerState::new(metrics, None);
+    state.alert_token = tokens.alert.clone();
+    state.read_token = tokens.read.clone();
+    let state = Arc::new(state);
     let store = Arc::new(PolicyStore::open(&args.policies).attach(state.clone()));
     let (policies, errors) = (store.current(), store.errors());
     if policies.is_empty() && !errors.is_empty() {
@@ -127,6 +164,7 @@ pub async fn run(
     // Set before the server starts, so no notification skips the record.
     let _ = state.alert_record.set(record.clone());
     tokio::spawn(record.watch(state.clone(), flagged(stop_rx.clone())));
+    tokens.follow(&stop_rx);
     let server_task = tokio::spawn(server::serve(
         listener,
         state.clone(),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -13,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::alerts::{parse_webhook, FiringAlerts, Source, WebhookAlert};
 use crate::daemon::telemetry::Metrics;
+use crate::daemon::token::TokenFile;
 use crate::judge::Verdict;
 use crate::k8s::alert_record::AlertRecordStore;
 
@@ -99,7 +100,10 @@ pub struct ServerState {
     /// Woken whenever the firing set changes, so rollbacks do not wait for a tick.
     pub alerts_changed: Notify,
     /// Bearer token the webhook requires; `None` disables the webhook.
-    pub alert_token: Option<Vec<u8>>,
+    pub alert_token: Option<Arc<TokenFile>>,
+    /// Bearer token that lets a client beyond loopback read `/v1/rollouts`
+    /// (the alert token does too); `None`: only loopback clients may read.
+    pub read_token: Option<Arc<TokenFile>>,
     /// The cluster-wide alert record the webhook writes to, once the daemon
     /// has a Kubernetes client; without it (tests of this module alone) the
     /// webhook changes only this process's index.
@@ -112,12 +116,13 @@ pub struct ServerState {
 
 impl ServerState {
     /// State with no alerts, an empty board and nothing ready yet.
-    pub fn new(metrics: Metrics, alert_token: Option<Vec<u8>>) -> Self {
+    pub fn new(metrics: Metrics, alert_token: Option<TokenFile>) -> Self {
         Self {
             metrics,
             alerts: Mutex::new(FiringAlerts::default()),
             alerts_changed: Notify::new(),
-            alert_token,
+            alert_token: alert_token.map(Arc::new),
+            read_token: None,
             alert_record: OnceLock::new(),
             status: RwLock::new(StatusBoard::default()),
             readiness: Readiness::default(),
@@ -135,45 +140,141 @@ impl ServerState {
     }
 }
 
-/// Reads the webhook token file; surrounding whitespace (a trailing newline) is not part of it.
-pub fn read_token_file(path: &std::path::Path) -> crate::Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| crate::Error::ReadInput {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(raw.trim_ascii().to_vec())
+/// Longest a client may take to send a request's headers; a slow-header
+/// (slowloris) client is disconnected after it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest one request may take, body and handler included; the webhook's
+/// record write has its own bounded retries well inside it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most connections served at once. Past it, new connections wait in the
+/// kernel's accept backlog, so a flood cannot grow tasks or memory.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a shutdown waits for open connections before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The server's limits; [`Limits::DEFAULT`] in the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read: Duration,
+    /// See [`REQUEST_TIMEOUT`].
+    pub request: Duration,
+    /// See [`MAX_CONNECTIONS`].
+    pub connections: usize,
 }
 
-/// The HTTP routes.
-pub fn router(state: Arc<ServerState>) -> Router {
+impl Limits {
+    /// The daemon's limits.
+    pub const DEFAULT: Limits = Limits {
+        header_read: HEADER_READ_TIMEOUT,
+        request: REQUEST_TIMEOUT,
+        connections: MAX_CONNECTIONS,
+    };
+}
+
+/// The peer of a connection, as the handlers see it.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// The HTTP routes, each request bounded by `request_timeout`.
+pub fn router(state: Arc<ServerState>, request_timeout: Duration) -> Router {
     let alerts = Router::new()
         .route("/v1/alerts", post(receive_alerts))
         .layer(DefaultBodyLimit::max(MAX_ALERT_BODY_BYTES))
         // Authenticate before the body is read.
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let board = Router::new()
+        .route("/v1/rollouts", get(rollouts))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_reader,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/rollouts", get(rollouts))
+        .merge(board)
         .merge(alerts)
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .with_state(state)
 }
 
-/// Serves the routes until `shutdown` completes.
+/// Serves the routes with [`Limits::DEFAULT`] until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ServerState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
+    serve_with(listener, state, Limits::DEFAULT, shutdown).await
+}
+
+/// Serves the routes until `shutdown` completes: HTTP/1.1 with a header-read
+/// timeout, a cap on connections served at once, and a time limit per
+/// request.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServerState>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
     let addr = listener
         .local_addr()
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_default();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    let app = router(state, limits.request);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(Peer(peer))),
+        );
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A failed connection (reset, timed out headers) is the client's business.
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
-        .map_err(|source| crate::Error::Serve { addr, source })
+        .is_err()
+    {
+        tracing::info!(addr = %addr, "Connections still open after the shutdown grace; dropping them.");
+    }
+    Ok(())
+}
+
+/// Bounds every request by `limit` (a slow body included).
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request took too long\n").into_response(),
+    }
 }
 
 async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
@@ -200,33 +301,73 @@ async fn rollouts(State(state): State<Arc<ServerState>>) -> Response {
     }
 }
 
+/// The bearer token a request presents, if any.
+fn presented(headers: &HeaderMap) -> &[u8] {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default()
+}
+
+fn unauthorized() -> Response {
+    // The body never repeats what was presented.
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or wrong bearer token\n",
+    )
+        .into_response()
+}
+
 async fn require_token(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = state.alert_token.as_deref() else {
+    let Some(token) = state.alert_token.as_deref() else {
         return (
             StatusCode::NOT_FOUND,
             "alert webhook disabled: start canaryd with --alert-token-file\n",
         )
             .into_response();
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or_default();
-    // Constant time: the comparison must not leak how much of the token matched.
-    if presented.ct_eq(expected).into() {
+    if token.accepts(presented(&headers)) {
         next.run(request).await
     } else {
+        unauthorized()
+    }
+}
+
+/// `/v1/rollouts` shows reasons and last errors: loopback clients (a
+/// `kubectl port-forward` arrives there) read freely, others need the read
+/// token or the alert token.
+async fn require_reader(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let local = request
+        .extensions()
+        .get::<Peer>()
+        .is_none_or(|Peer(peer)| peer.ip().is_loopback());
+    let token = presented(&headers);
+    let allowed = local
+        || [&state.read_token, &state.alert_token]
+            .into_iter()
+            .flatten()
+            .any(|t| t.accepts(token));
+    if allowed {
+        next.run(request).await
+    } else if state.read_token.is_none() && state.alert_token.is_none() {
         (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "missing or wrong bearer token\n",
+            StatusCode::FORBIDDEN,
+            "/v1/rollouts is readable from loopback only: start canaryd with --read-token-file\n",
         )
             .into_response()
+    } else {
+        unauthorized()
     }
 }
 
@@ -317,12 +458,12 @@ fn apply_locally(state: &ServerState, alerts: &[WebhookAlert], now_ms: i64) -> A
 mod tests {
     use super::*;
 
-    const TOKEN: &str = "s3cret-token";
+    const TOKEN: &str = "s3cret-token-0123456";
 
     async fn start() -> (String, Arc<ServerState>, tokio::sync::oneshot::Sender<()>) {
         let state = Arc::new(ServerState::new(
             Metrics::new().unwrap(),
-            Some(TOKEN.as_bytes().to_vec()),
+            Some(TokenFile::fixed(TOKEN.as_bytes())),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -494,5 +635,187 @@ mod tests {
             "policies/x.yaml:3:1: alpha: must be below 0.5"
         );
         assert_eq!(body["rollouts"], serde_json::json!([]));
+    }
+
+    async fn start_limited(
+        limits: Limits,
+    ) -> (String, Arc<ServerState>, tokio::sync::oneshot::Sender<()>) {
+        let state = Arc::new(ServerState::new(
+            Metrics::new().unwrap(),
+            Some(TokenFile::fixed(TOKEN.as_bytes())),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve_with(listener, state.clone(), limits, async {
+            let _ = rx.await;
+        }));
+        (addr, state, tx)
+    }
+
+    /// Reads until the server closes the connection; returns what came and
+    /// whether it closed before `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(within, async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .is_ok();
+        (String::from_utf8_lossy(&got).into_owned(), closed)
+    }
+
+    #[tokio::test]
+    async fn a_slow_header_client_is_dropped_after_the_header_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let limits = Limits {
+            header_read: Duration::from_millis(300),
+            ..Limits::DEFAULT
+        };
+        let (addr, _state, _stop) = start_limited(limits).await;
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // The headers never end; the server must hang up on its own.
+        let (_, closed) = closed_within(&mut slow, Duration::from_secs(10)).await;
+        assert!(closed, "the slow-header connection is still open");
+        // A normal client is still served.
+        let health = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_until_one_is_free() {
+        use tokio::io::AsyncWriteExt;
+        let limits = Limits {
+            connections: 2,
+            header_read: Duration::from_secs(30),
+            ..Limits::DEFAULT
+        };
+        let (addr, _state, _stop) = start_limited(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            held.push(s);
+        }
+        let third = tokio::spawn({
+            let addr = addr.clone();
+            async move {
+                reqwest::get(format!("http://{addr}/healthz"))
+                    .await
+                    .map(|r| r.status())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !third.is_finished(),
+            "a third connection was served past the cap of 2"
+        );
+        drop(held);
+        let status = tokio::time::timeout(Duration::from_secs(10), third)
+            .await
+            .expect("served once a slot is free")
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_gets_408_after_the_request_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let limits = Limits {
+            request: Duration::from_millis(300),
+            ..Limits::DEFAULT
+        };
+        let (addr, state, _stop) = start_limited(limits).await;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let (answer, _) = closed_within(&mut s, Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(state.alerts.lock().unwrap().is_empty());
+    }
+
+    async fn rollouts_from(
+        state: Arc<ServerState>,
+        peer: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        use tower::ServiceExt;
+        let app =
+            router(state, REQUEST_TIMEOUT).layer(axum::Extension(Peer(peer.parse().unwrap())));
+        let mut request = axum::http::Request::get("/v1/rollouts");
+        if let Some(t) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let response = app
+            .oneshot(request.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn rollouts_beyond_loopback_need_a_token_and_errors_echo_no_secret() {
+        let read = "read-token-0123456789";
+        let mut state = ServerState::new(
+            Metrics::new().unwrap(),
+            Some(TokenFile::fixed(TOKEN.as_bytes())),
+        );
+        state.read_token = Some(Arc::new(TokenFile::fixed(read.as_bytes())));
+        let state = Arc::new(state);
+        assert_eq!(
+            rollouts_from(state.clone(), "127.0.0.1:5000", None).await.0,
+            200
+        );
+        assert_eq!(
+            rollouts_from(state.clone(), "[::1]:5000", None).await.0,
+            200
+        );
+        assert_eq!(
+            rollouts_from(state.clone(), "10.1.2.3:5000", Some(read))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            rollouts_from(state.clone(), "10.1.2.3:5000", Some(TOKEN))
+                .await
+                .0,
+            200
+        );
+        let (status, body) = rollouts_from(
+            state.clone(),
+            "10.1.2.3:5000",
+            Some("read-token-0123456788"),
+        )
+        .await;
+        assert_eq!(status, 401);
+        assert!(!body.contains("read-token"), "{body}");
+        assert_eq!(rollouts_from(state, "10.1.2.3:5000", None).await.0, 401);
+        // Without any token, beyond loopback is refused outright.
+        let open = Arc::new(ServerState::new(Metrics::new().unwrap(), None));
+        let (status, body) = rollouts_from(open, "10.1.2.3:5000", None).await;
+        assert_eq!(status, 403);
+        assert!(body.contains("--read-token-file"), "{body}");
     }
 }

@@ -18,6 +18,7 @@ use alertmanager::{AlertingProm, Alertmanager, Credentials, Rule};
 use canaryd::alerts::poll::{AlertPoller, POLL_SOURCE};
 use canaryd::daemon::server::{self, ServerState};
 use canaryd::daemon::telemetry::Metrics;
+use canaryd::daemon::token::TokenFile;
 use canaryd::demo::{self, AppConfig, LoadConfig};
 use canaryd::policy::{self, Policy, PrometheusConfig};
 use daemon::{state_of, write_policies, Daemon, DaemonOptions};
@@ -51,7 +52,7 @@ struct Canaryd {
 async fn canaryd(token: Option<&str>) -> Canaryd {
     let state = Arc::new(ServerState::new(
         Metrics::new().unwrap(),
-        token.map(|t| t.as_bytes().to_vec()),
+        token.map(|t| TokenFile::fixed(t.as_bytes())),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

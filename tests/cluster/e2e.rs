@@ -68,7 +68,7 @@ const ALERT_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_RPS: f64 = 40.0;
 /// How often the canary size is sampled during (a).
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-const TOKEN: &str = "e2e-alert-token";
+const TOKEN: &str = "e2e-alert-token-0123";
 
 fn policy(prom: &str, steps: &str) -> String {
     format!(
