@@ -31,21 +31,22 @@ use pods::{Behaviour, PodPlayer};
 use serde_json::{json, Value};
 
 const V1: &str = "registry.invalid/canaryd/web:v1";
-const V2: &str = "registry.invalid/canaryd/web:v2";
+pub(crate) const V2: &str = "registry.invalid/canaryd/web:v2";
+pub(crate) const V3: &str = "registry.invalid/canaryd/web:v3";
 const BAD: &str = "registry.invalid/canaryd/web:bad";
 /// Requests per second each played pod receives.
 const RPS: f64 = 40.0;
 /// Requests per second over all pods when a router weight splits them.
 const TOTAL_RPS: f64 = 160.0;
 /// Longest a whole rollout may take in these tests.
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(150);
-const SHORT: Duration = Duration::from_secs(30);
-const TOKEN: &str = "test-alert-token";
+pub(crate) const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(150);
+pub(crate) const SHORT: Duration = Duration::from_secs(30);
+pub(crate) const TOKEN: &str = "test-alert-token";
 
 // ---- the daemon process ------------------------------------------------------
 
 impl Daemon {
-    async fn wait_ready(&mut self) {
+    pub(crate) async fn wait_ready(&mut self) {
         let url = format!("{}/readyz", self.url());
         let start = Instant::now();
         loop {
@@ -74,6 +75,7 @@ fn behaviour(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Behaviour> {
     let (version, error_rate) = match image.as_str() {
         V1 => ("v1", 0.0),
         V2 => ("v2", 0.0),
+        V3 => ("v3", 0.0),
         BAD => ("bad", 0.5),
         _ => return None,
     };
@@ -84,15 +86,15 @@ fn behaviour(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Behaviour> {
     })
 }
 
-struct Scene {
-    ns: TestNamespace,
-    dir: tempfile::TempDir,
+pub(crate) struct Scene {
+    pub(crate) ns: TestNamespace,
+    pub(crate) dir: tempfile::TempDir,
     prom: prom::Prom,
     _player: PodPlayer,
 }
 
 impl Scene {
-    async fn new() -> Scene {
+    pub(crate) async fn new() -> Scene {
         Scene::with_behaviour(Arc::new(behaviour)).await
     }
 
@@ -142,7 +144,7 @@ impl Scene {
     }
 
     /// Writes `policy` (with `{ns}` and `{prom}` filled in) to a fresh directory.
-    fn policies(&self, policy: &str) -> PathBuf {
+    pub(crate) fn policies(&self, policy: &str) -> PathBuf {
         let dir = self
             .dir
             .path()
@@ -153,7 +155,7 @@ impl Scene {
         write_policies(dir, "web.yaml", &text)
     }
 
-    fn daemon(&self, policies: &Path, identity: &str) -> Daemon {
+    pub(crate) fn daemon(&self, policies: &Path, identity: &str) -> Daemon {
         self.daemon_with_env(policies, identity, &[])
     }
 
@@ -175,11 +177,11 @@ impl Scene {
         )
     }
 
-    fn deployments(&self) -> Api<Deployment> {
+    pub(crate) fn deployments(&self) -> Api<Deployment> {
         self.ns.api()
     }
 
-    async fn create_web(&self, replicas: i32) {
+    pub(crate) async fn create_web(&self, replicas: i32) {
         self.deployments()
             .create(
                 &PostParams::default(),
@@ -190,7 +192,7 @@ impl Scene {
     }
 
     /// Like `kubectl set image` (and the version label for blue-green).
-    async fn set_image(&self, image: &str, version: Option<&str>) -> Deployment {
+    pub(crate) async fn set_image(&self, image: &str, version: Option<&str>) -> Deployment {
         let mut template = json!({"spec": {"containers": [{"name": "app", "image": image}]}});
         if let Some(v) = version {
             template["metadata"] = json!({"labels": {"version": v}});
@@ -205,12 +207,12 @@ impl Scene {
             .expect("set image")
     }
 
-    async fn web(&self) -> Deployment {
+    pub(crate) async fn web(&self) -> Deployment {
         self.deployments().get("web").await.expect("get web")
     }
 
     /// Waits until canaryd adopted `web` (paused, state written).
-    async fn wait_adopted(&self, daemon: &Daemon) {
+    pub(crate) async fn wait_adopted(&self, daemon: &Daemon) {
         wait_until(SHORT, "web adopted (paused, state annotation)", || async {
             let d = self.web().await;
             if target::is_paused(&d) && target::annotation(&d, target::STATE_ANNOTATION).is_some() {
@@ -226,7 +228,7 @@ impl Scene {
         .await;
     }
 
-    async fn wait_phase(
+    pub(crate) async fn wait_phase(
         &self,
         daemon: &Daemon,
         what: &str,
@@ -251,7 +253,7 @@ impl Scene {
     }
 
     /// canaryd's Events on `web`, oldest first.
-    async fn events(&self) -> Vec<Event> {
+    pub(crate) async fn events(&self) -> Vec<Event> {
         let api: Api<Event> = self.ns.api();
         let mut events: Vec<Event> = api
             .list(&ListParams::default())
@@ -278,7 +280,7 @@ fn reconcile_millis(log: &str) -> Vec<u64> {
         .collect()
 }
 
-fn reasons(events: &[Event]) -> Vec<String> {
+pub(crate) fn reasons(events: &[Event]) -> Vec<String> {
     events.iter().filter_map(|e| e.reason.clone()).collect()
 }
 
@@ -297,7 +299,7 @@ fn note(events: &[Event], reason: &str) -> String {
         .unwrap_or_else(|| panic!("no {reason} event in {:?}", reasons(events)))
 }
 
-const CANARY_POLICY: &str = r#"
+pub(crate) const CANARY_POLICY: &str = r#"
 service: web
 namespace: {ns}
 deployment: web
@@ -322,7 +324,11 @@ alerts:
 "#;
 
 /// Waits until the arms are gone and `web` runs `image` everywhere, paused.
-async fn wait_settled_on(scene: &Scene, daemon: &Daemon, image_want: &str) -> Deployment {
+pub(crate) async fn wait_settled_on(
+    scene: &Scene,
+    daemon: &Daemon,
+    image_want: &str,
+) -> Deployment {
     wait_until(
         ROLLOUT_TIMEOUT,
         &format!("web settled on {image_want}"),
@@ -833,7 +839,7 @@ async fn blue_green_switches_and_switches_back_on_alert() {
     scene.ns.cleanup().await;
 }
 
-const SLOW_STEP_POLICY: &str = r#"
+pub(crate) const SLOW_STEP_POLICY: &str = r#"
 service: web
 namespace: {ns}
 deployment: web

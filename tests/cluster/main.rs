@@ -11,4 +11,5 @@ mod alertmanager;
 mod daemon;
 mod deploy_manifests;
 mod e2e;
+mod ha;
 mod kube_smoke;
