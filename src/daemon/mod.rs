@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use kube::Client;
 use tokio::sync::watch;
 
 use crate::alerts::poll::{self as alerts_poll, POLL_INTERVAL};
@@ -124,9 +123,9 @@ pub async fn run(
             })
         }
     };
-    let client = match Client::try_default().await {
+    let client = match crate::k8s::client::client().await {
         Ok(c) => c,
-        Err(e) => return fail(Error::KubeClient(Box::new(e))),
+        Err(e) => return fail(e),
     };
     match client.apiserver_version().await {
         Ok(v) => {

@@ -164,7 +164,7 @@ impl AlertRecordStore {
         state: Arc<ServerState>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let config = super::client::watch_config().fields(&format!("metadata.name={}", self.name));
         let events = kube::runtime::WatchStreamExt::default_backoff(watcher::watcher(
             self.api.clone(),
             config,

@@ -4,6 +4,7 @@
 //! from the pure [`crate::rollout`] engine.
 
 pub mod alert_record;
+pub mod client;
 pub mod lease;
 pub mod router;
 pub mod target;
