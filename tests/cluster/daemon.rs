@@ -707,6 +707,15 @@ async fn gateway_weights_follow_the_steps() {
     });
     scene.set_image(V2, None).await;
     wait_settled_on(&scene, &daemon, V2).await;
+    // As with the Ingress: the route is restored in the same pass that
+    // removes the arms; wait for the sampler to see it.
+    wait_until(SHORT, "canary backendRef removed after promotion", || async {
+        match seen.lock().unwrap().last().map(String::as_str) {
+            Some("web=100") => Ok(()),
+            other => Err(format!("last sample {other:?}")),
+        }
+    })
+    .await;
     task.abort();
     let seen = seen.lock().unwrap().clone();
     let mut seen = seen;
