@@ -92,10 +92,16 @@ pub struct RecordChanges {
 }
 
 /// The webhook's firing alerts, keyed by fingerprint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertRecord {
     version: u32,
     alerts: BTreeMap<String, RecordedAlert>,
+}
+
+impl Default for AlertRecord {
+    fn default() -> Self {
+        AlertRecord::new()
+    }
 }
 
 impl AlertRecord {
@@ -325,6 +331,9 @@ mod tests {
 
     #[test]
     fn the_stored_form_round_trips_and_other_versions_are_refused() {
+        // A record that did not exist yet is written at the current version.
+        let fresh = AlertRecord::default().to_json();
+        assert_eq!(AlertRecord::from_json(&fresh), Ok(AlertRecord::new()));
         let mut r = AlertRecord::new();
         r.apply(&[alert("A", AlertStatus::Firing, Some(NOW + 5))], all, NOW);
         assert_eq!(AlertRecord::from_json(&r.to_json()).unwrap(), r);

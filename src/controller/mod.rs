@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::Controller;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
@@ -377,7 +377,7 @@ async fn run_scoped<F>(
     F: Future<Output = ()> + Send + Sync + 'static,
 {
     let api = watched(&ctx.client, scope);
-    let arms = watcher::Config::default().labels(ROLE_LABEL);
+    let arms = crate::k8s::client::watch_config().labels(ROLE_LABEL);
     // Re-examine every target when leadership is gained, alerts or policies change.
     let triggers = futures::stream::select(
         futures::stream::select(
@@ -386,7 +386,7 @@ async fn run_scoped<F>(
         ),
         policy_changes(ctx.clone(), policies),
     );
-    Controller::new(api.clone(), watcher::Config::default())
+    Controller::new(api.clone(), crate::k8s::client::watch_config())
         .owns(api, arms)
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(stop)
