@@ -8,8 +8,8 @@
 
 use super::mannwhitney::{hodges_lehmann, mann_whitney};
 use super::report::{
-    arm_reports, bounds_report, direction_name, fail_broken_bounds, num, opt, srm_report, Interval,
-    MetricReport, MetricStatus, ScoreReport,
+    base_report, fail_broken_bounds, kind_name, num, opt, srm_report, Interval, MetricReport,
+    MetricStatus, ScoreReport, SrmReport, NO_WINDOWS_REASON,
 };
 use super::{Decision, Evidence, JudgeOptions, MetricEvidence, Verdict};
 use crate::policy::{Analysis, ClassicSettings, Direction, MetricKind, MetricSpec};
@@ -195,14 +195,6 @@ pub fn classify(
     r
 }
 
-fn kind_name(kind: &MetricKind) -> &'static str {
-    match kind {
-        MetricKind::Errors { .. } => "errors",
-        MetricKind::Latency { .. } => "latency",
-        MetricKind::Gauge { .. } => "gauge",
-    }
-}
-
 fn config_for<'a>(
     options: &'a JudgeOptions,
     name: &str,
@@ -216,6 +208,113 @@ fn config_for<'a>(
         .unwrap_or(default)
 }
 
+/// One metric group's weight and how many of its metrics passed.
+struct Group {
+    name: String,
+    /// Sum of its metrics' weights.
+    weight: f64,
+    /// Metrics that passed.
+    passed: f64,
+    /// Metrics with enough values to classify.
+    judged: f64,
+}
+
+/// Every metric's report plus what the rollout-level decision needs.
+struct Tally {
+    reports: Vec<MetricReport>,
+    /// In order of first appearance.
+    groups: Vec<Group>,
+    /// Indices of failed critical metrics.
+    critical_fail: Vec<usize>,
+    /// The first metric that cannot clear the release now, and why.
+    missing: Option<String>,
+}
+
+impl Tally {
+    /// The group called `name`, added empty when new.
+    fn group(&mut self, name: String) -> &mut Group {
+        let idx = match self.groups.iter().position(|g| g.name == name) {
+            Some(i) => i,
+            None => {
+                self.groups.push(Group {
+                    name,
+                    weight: 0.0,
+                    passed: 0.0,
+                    judged: 0.0,
+                });
+                self.groups.len() - 1
+            }
+        };
+        &mut self.groups[idx]
+    }
+}
+
+/// A metric's weight in its group (1 unless a positive number).
+fn metric_weight(spec: &MetricSpec) -> f64 {
+    if spec.weight.is_finite() && spec.weight > 0.0 {
+        spec.weight
+    } else {
+        1.0
+    }
+}
+
+/// Judges each metric and adds it to its group.
+fn tally(analysis: &Analysis, options: &JudgeOptions, evidence: &Evidence, alpha: f64) -> Tally {
+    let default_cfg = ClassicMetricConfig::default();
+    let mut t = Tally {
+        reports: Vec::new(),
+        groups: Vec::new(),
+        critical_fail: Vec::new(),
+        missing: None,
+    };
+    for spec in &analysis.metrics {
+        let cfg = config_for(options, &spec.name, &default_cfg);
+        let confidence = cfg.confidence.unwrap_or(1.0 - alpha).clamp(0.5, 0.999_999);
+        let m = evidence.metric(&spec.name);
+        let (report, class) = judge_metric(spec, m, cfg, confidence);
+        let stale = m.map_or(Some(String::from("absent")), |m| m.stale_note());
+        if let Some(why) = stale.filter(|_| t.missing.is_none()) {
+            t.missing = Some(format!("{}: {why}", spec.name));
+        }
+        let name = cfg
+            .group
+            .clone()
+            .unwrap_or_else(|| kind_name(&spec.kind).to_string());
+        let index = t.reports.len();
+        let group = t.group(name);
+        group.weight += metric_weight(spec);
+        match class {
+            Classification::Pass => {
+                group.passed += 1.0;
+                group.judged += 1.0;
+            }
+            Classification::High | Classification::Low => {
+                group.judged += 1.0;
+                if spec.critical {
+                    t.critical_fail.push(index);
+                }
+            }
+            Classification::NoData => {}
+        }
+        t.reports.push(report);
+    }
+    t
+}
+
+/// Weighted mean of the groups' pass percentages over groups with a
+/// classified metric (`None` when there is none).
+fn weighted_score(groups: &[Group]) -> Option<f64> {
+    let judged: Vec<&Group> = groups.iter().filter(|g| g.judged > 0.0).collect();
+    let total_w: f64 = judged.iter().map(|g| g.weight).sum();
+    (total_w > 0.0).then(|| {
+        judged
+            .iter()
+            .map(|g| g.weight * 100.0 * g.passed / g.judged)
+            .sum::<f64>()
+            / total_w
+    })
+}
+
 /// Judges in classic mode.
 pub fn evaluate(
     analysis: &Analysis,
@@ -224,129 +323,23 @@ pub fn evaluate(
     evidence: &Evidence,
 ) -> Verdict {
     let alpha = super::alpha_of(analysis);
-    let default_cfg = ClassicMetricConfig::default();
-    let mut reports = Vec::new();
-    let mut groups: Vec<(String, f64, f64, f64)> = Vec::new(); // name, weight, passed, judged
-    let mut critical_fail = Vec::new();
-    let mut missing = None;
-    for spec in &analysis.metrics {
-        let cfg = config_for(options, &spec.name, &default_cfg);
-        let confidence = cfg.confidence.unwrap_or(1.0 - alpha).clamp(0.5, 0.999_999);
-        let m = evidence.metric(&spec.name);
-        let (report, class) = judge_metric(spec, m, cfg, confidence);
-        let stale = m.map_or(Some(String::from("absent")), |m| m.stale_note());
-        if let Some(why) = stale.filter(|_| missing.is_none()) {
-            missing = Some(format!("{}: {why}", spec.name));
-        }
-        let group = cfg
-            .group
-            .clone()
-            .unwrap_or_else(|| kind_name(&spec.kind).to_string());
-        let weight = if spec.weight.is_finite() && spec.weight > 0.0 {
-            spec.weight
-        } else {
-            1.0
-        };
-        let idx = match groups.iter().position(|g| g.0 == group) {
-            Some(i) => i,
-            None => {
-                groups.push((group, 0.0, 0.0, 0.0));
-                groups.len() - 1
-            }
-        };
-        groups[idx].1 += weight;
-        match class {
-            Classification::Pass => {
-                groups[idx].2 += 1.0;
-                groups[idx].3 += 1.0;
-            }
-            Classification::High | Classification::Low => {
-                groups[idx].3 += 1.0;
-                if spec.critical {
-                    critical_fail.push(reports.len());
-                }
-            }
-            Classification::NoData => {}
-        }
-        reports.push(report);
-    }
-    let judged: Vec<&(String, f64, f64, f64)> = groups.iter().filter(|g| g.3 > 0.0).collect();
-    let total_w: f64 = judged.iter().map(|g| g.1).sum();
-    let score = (total_w > 0.0)
-        .then(|| judged.iter().map(|g| g.1 * 100.0 * g.2 / g.3).sum::<f64>() / total_w);
-    let bound_fail = fail_broken_bounds(&mut reports);
+    let mut t = tally(analysis, options, evidence, alpha);
+    let score = weighted_score(&t.groups);
+    let bound_fail = fail_broken_bounds(&mut t.reports);
     let srm = srm_report(evidence);
-    let fails: Vec<String> = reports
-        .iter()
-        .filter(|r| r.status == MetricStatus::Fail)
-        .map(summary)
-        .collect();
     let (decision, reason) = if evidence.windows == 0 {
-        (
-            Decision::Inconclusive,
-            "no windows observed yet".to_string(),
-        )
+        (Decision::Inconclusive, NO_WINDOWS_REASON.to_string())
     } else if let Some(s) = srm.as_ref().filter(|s| s.mismatch) {
-        (
-            Decision::Inconclusive,
-            format!(
-                "traffic split mismatch: canary share {:.4} vs expected {:.4} over {} requests, SRM e={} >= {}; not judging",
-                s.observed_share,
-                s.expected_share,
-                num(s.canary + s.baseline),
-                num(s.e_value),
-                num(s.threshold)
-            ),
-        )
-    } else if !critical_fail.is_empty() || !bound_fail.is_empty() {
+        (Decision::Inconclusive, srm_reason(s))
+    } else if !t.critical_fail.is_empty() || !bound_fail.is_empty() {
         (
             Decision::Rollback,
-            format!("rollback: critical metric failed: {}", fails.join("; ")),
+            format!("rollback: critical metric failed: {}", fails(&t.reports)),
         )
-    } else if let Some(name) = missing {
+    } else if let Some(name) = t.missing {
         (Decision::Inconclusive, format!("no usable data for {name}"))
     } else {
-        match score {
-            None => (
-                Decision::Continue,
-                format!("continue: fewer than {MIN_VALUES} usable windows per arm yet"),
-            ),
-            Some(s) if s < settings.marginal_score => (
-                Decision::Rollback,
-                format!(
-                    "rollback: score {} < marginal {}; {}",
-                    num(s),
-                    num(settings.marginal_score),
-                    fails.join("; ")
-                ),
-            ),
-            Some(s) if s < settings.pass_score => {
-                for r in reports
-                    .iter_mut()
-                    .filter(|r| r.status == MetricStatus::Fail)
-                {
-                    r.status = MetricStatus::Marginal;
-                }
-                (
-                    Decision::Continue,
-                    format!(
-                        "continue: marginal score {} (pass {}); {}",
-                        num(s),
-                        num(settings.pass_score),
-                        fails.join("; ")
-                    ),
-                )
-            }
-            Some(s) => (
-                Decision::Continue,
-                format!(
-                    "continue: score {} >= pass {}; {}",
-                    num(s),
-                    num(settings.pass_score),
-                    reports.iter().map(summary).collect::<Vec<_>>().join("; ")
-                ),
-            ),
-        }
+        decide_by_score(settings, score, &mut t.reports)
     };
     Verdict {
         decision,
@@ -355,19 +348,98 @@ pub fn evaluate(
         windows: evidence.windows,
         alpha,
         srm,
-        score: score.map(|s| ScoreReport {
-            score: s,
-            pass: settings.pass_score,
-            marginal: settings.marginal_score,
-            groups: groups
-                .iter()
-                .map(|g| {
-                    let gs = if g.3 > 0.0 { 100.0 * g.2 / g.3 } else { 0.0 };
-                    (g.0.clone(), g.1, gs)
-                })
-                .collect(),
-        }),
-        metrics: reports,
+        score: score.map(|s| score_report(settings, s, &t.groups)),
+        metrics: t.reports,
+    }
+}
+
+fn srm_reason(s: &SrmReport) -> String {
+    format!(
+        "traffic split mismatch: canary share {:.4} vs expected {:.4} over {} requests, SRM e={} >= {}; not judging",
+        s.observed_share,
+        s.expected_share,
+        num(s.canary + s.baseline),
+        num(s.e_value),
+        num(s.threshold)
+    )
+}
+
+/// Summaries of the failed metrics, joined.
+fn fails(reports: &[MetricReport]) -> String {
+    reports
+        .iter()
+        .filter(|r| r.status == MetricStatus::Fail)
+        .map(summary)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Kayenta's rule once nothing critical failed: below the marginal score
+/// rolls back, below the pass score continues with failures shown as
+/// marginal, otherwise continues (the step's time promotes).
+fn decide_by_score(
+    settings: &ClassicSettings,
+    score: Option<f64>,
+    reports: &mut [MetricReport],
+) -> (Decision, String) {
+    let fails = fails(reports);
+    match score {
+        None => (
+            Decision::Continue,
+            format!("continue: fewer than {MIN_VALUES} usable windows per arm yet"),
+        ),
+        Some(s) if s < settings.marginal_score => (
+            Decision::Rollback,
+            format!(
+                "rollback: score {} < marginal {}; {fails}",
+                num(s),
+                num(settings.marginal_score),
+            ),
+        ),
+        Some(s) if s < settings.pass_score => {
+            for r in reports
+                .iter_mut()
+                .filter(|r| r.status == MetricStatus::Fail)
+            {
+                r.status = MetricStatus::Marginal;
+            }
+            (
+                Decision::Continue,
+                format!(
+                    "continue: marginal score {} (pass {}); {fails}",
+                    num(s),
+                    num(settings.pass_score),
+                ),
+            )
+        }
+        Some(s) => (
+            Decision::Continue,
+            format!(
+                "continue: score {} >= pass {}; {}",
+                num(s),
+                num(settings.pass_score),
+                reports.iter().map(summary).collect::<Vec<_>>().join("; ")
+            ),
+        ),
+    }
+}
+
+fn score_report(settings: &ClassicSettings, score: f64, groups: &[Group]) -> ScoreReport {
+    ScoreReport {
+        score,
+        pass: settings.pass_score,
+        marginal: settings.marginal_score,
+        groups: groups
+            .iter()
+            .map(|g| {
+                let gs = if g.judged > 0.0 {
+                    100.0 * g.passed / g.judged
+                } else {
+                    0.0
+                };
+                (g.name.clone(), g.weight, gs)
+            })
+            .collect(),
     }
 }
 
@@ -396,7 +468,6 @@ fn judge_metric(
     cfg: &ClassicMetricConfig,
     confidence: f64,
 ) -> (MetricReport, Classification) {
-    let (mut canary, mut baseline) = m.map(arm_reports).unwrap_or_default();
     let series = m.map(|m| m.series.as_slice()).unwrap_or(&[]);
     let c = clean(
         &series.iter().map(|p| p.c).collect::<Vec<_>>(),
@@ -409,55 +480,37 @@ fn judge_metric(
         cfg.outliers,
     );
     let r = classify(&c, &b, spec.direction, cfg, confidence);
-    canary.n = Some(r.n.0 as f64);
-    baseline.n = Some(r.n.1 as f64);
-    canary.mean = r.means.0.is_finite().then_some(r.means.0);
-    baseline.mean = r.means.1.is_finite().then_some(r.means.1);
-    let status = match r.class {
-        Classification::Pass => MetricStatus::Pass,
-        Classification::High | Classification::Low => MetricStatus::Fail,
-        Classification::NoData => MetricStatus::NoData,
-    };
     let what = match spec.kind {
         MetricKind::Errors { .. } => "error ratio",
         MetricKind::Latency { .. } => "p90 latency",
         MetricKind::Gauge { .. } => "value",
     };
-    let report = MetricReport {
-        name: spec.name.clone(),
-        kind: kind_name(&spec.kind).into(),
-        test: format!("Mann-Whitney U + Hodges-Lehmann on per-window {what}"),
-        status,
-        critical: spec.critical,
-        direction: direction_name(spec.direction).into(),
-        windows: m.map_or(0, |m| m.windows),
-        no_data_windows: m.map_or(0, |m| m.no_data),
-        alpha: 1.0 - confidence,
-        canary,
-        baseline,
-        estimate: r.hl.map(|h| h.0),
-        interval: r.hl.map(|h| Interval {
-            lower: Some(h.1),
-            upper: Some(h.2),
-            level: confidence,
-            anytime: false,
-        }),
-        e_value: None,
-        p_value: r.p,
-        statistic: r.u,
-        threshold: 1.0 - confidence,
-        boundaries: Vec::new(),
-        components: Vec::new(),
-        bounds: bounds_report(spec, m),
-        needed: None,
-        note: match r.class {
-            Classification::NoData => Some(format!(
-                "needs {MIN_VALUES} usable windows per arm, has {} and {}",
-                r.n.0, r.n.1
-            )),
-            _ => m.and_then(|m| m.last_problem.clone()),
-        },
+    let test = format!("Mann-Whitney U + Hodges-Lehmann on per-window {what}");
+    let mut report = base_report(spec, m, test, 1.0 - confidence, 1.0 - confidence);
+    report.canary.n = Some(r.n.0 as f64);
+    report.baseline.n = Some(r.n.1 as f64);
+    report.canary.mean = r.means.0.is_finite().then_some(r.means.0);
+    report.baseline.mean = r.means.1.is_finite().then_some(r.means.1);
+    report.status = match r.class {
+        Classification::Pass => MetricStatus::Pass,
+        Classification::High | Classification::Low => MetricStatus::Fail,
+        Classification::NoData => MetricStatus::NoData,
     };
+    report.estimate = r.hl.map(|h| h.0);
+    report.interval = r.hl.map(|h| Interval {
+        lower: Some(h.1),
+        upper: Some(h.2),
+        level: confidence,
+        anytime: false,
+    });
+    report.p_value = r.p;
+    report.statistic = r.u;
+    if r.class == Classification::NoData {
+        report.note = Some(format!(
+            "needs {MIN_VALUES} usable windows per arm, has {} and {}",
+            r.n.0, r.n.1
+        ));
+    }
     (report, r.class)
 }
 

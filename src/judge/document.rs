@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::judge::{
     evaluate_with, ClassicMetricConfig, Decision, Evidence, JudgeOptions, NanStrategy,
-    OutlierStrategy, Verdict,
+    OutlierStrategy, Verdict, DEFAULT_MIN_EFFECT,
 };
 use crate::observation::{ArmValue, Histogram, MetricWindow, Sample, WindowObservation};
 use crate::policy::{
@@ -105,6 +105,9 @@ fn probability(v: &Value, path: &str) -> Result<f64, Error> {
     Ok(x)
 }
 
+/// Longest window a document may ask for (one day).
+const MAX_INTERVAL_SECS: f64 = 86_400.0;
+
 /// Parses a document; errors name the JSON path of the problem.
 pub fn parse_document(text: &str) -> Result<Document, Error> {
     let root: Value = serde_json::from_str(text)
@@ -116,86 +119,162 @@ pub fn parse_document(text: &str) -> Result<Document, Error> {
         Some(v) => probability(v, "alpha")?,
         None => crate::policy::DEFAULT_ALPHA,
     };
-    let interval = match opt_field(&root, "intervalSecs") {
-        Some(v) => {
-            let s = number(v, "intervalSecs")?;
-            if s <= 0.0 || s > 86_400.0 {
-                return Err(err(
-                    "intervalSecs",
-                    format!("must be in (0, 86400], got {s}"),
-                ));
-            }
-            s
-        }
-        None => 60.0,
+    let interval = parse_interval(&root)?;
+    let mode = parse_mode(&root)?;
+    let metrics = parse_metrics(&root)?;
+    let n_windows = metrics.window_count();
+    let shares = parse_shares(&root, n_windows)?;
+    let windows = (0..n_windows)
+        .map(|w| metrics.window(w, interval * (w + 1) as f64, shares[w]))
+        .collect();
+    let analysis = Analysis {
+        prometheus: PrometheusConfig {
+            url: String::new(),
+            auth: None,
+            ca_file: None,
+        },
+        interval: Duration::from_secs_f64(interval),
+        max_duration: Duration::from_secs_f64(interval * n_windows.max(1) as f64),
+        alpha,
+        on_no_data: OnNoData::Hold,
+        min_requests_per_step: 0,
+        mode,
+        metrics: metrics.specs,
     };
-    let mode = match opt_field(&root, "mode").map(|v| (v, v.as_str())) {
-        None | Some((_, Some("sequential"))) => JudgeMode::Sequential,
+    Ok(Document {
+        analysis,
+        options: metrics.options,
+        windows,
+    })
+}
+
+/// `intervalSecs`: the window length in seconds (60 when absent).
+fn parse_interval(root: &Value) -> Result<f64, Error> {
+    let Some(v) = opt_field(root, "intervalSecs") else {
+        return Ok(60.0);
+    };
+    let s = number(v, "intervalSecs")?;
+    if s <= 0.0 || s > MAX_INTERVAL_SECS {
+        return Err(err(
+            "intervalSecs",
+            format!("must be in (0, 86400], got {s}"),
+        ));
+    }
+    Ok(s)
+}
+
+/// `mode` and, in classic mode, the `classic` scores.
+fn parse_mode(root: &Value) -> Result<JudgeMode, Error> {
+    match opt_field(root, "mode").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("sequential"))) => Ok(JudgeMode::Sequential),
         Some((_, Some("classic"))) => {
-            let c = opt_field(&root, "classic");
-            let score = |key: &str, default: f64| -> Result<f64, Error> {
-                match c.and_then(|c| opt_field(c, key)) {
-                    Some(v) => {
-                        let path = format!("classic.{key}");
-                        let x = number(v, &path)?;
-                        if !(0.0..=100.0).contains(&x) {
-                            return Err(err(&path, format!("must be within 0..=100, got {x}")));
-                        }
-                        Ok(x)
-                    }
-                    None => Ok(default),
-                }
-            };
-            let pass_score = score("passScore", 95.0)?;
-            let marginal_score = score("marginalScore", 75.0)?;
+            let c = opt_field(root, "classic");
+            let pass_score = parse_score(c, "passScore", 95.0)?;
+            let marginal_score = parse_score(c, "marginalScore", 75.0)?;
             if marginal_score > pass_score {
                 return Err(err("classic.marginalScore", "must not exceed passScore"));
             }
-            JudgeMode::Classic(ClassicSettings {
+            Ok(JudgeMode::Classic(ClassicSettings {
                 pass_score,
                 marginal_score,
-            })
+            }))
         }
-        Some((v, _)) => {
-            return Err(err(
-                "mode",
-                format!(
-                    "expected \"sequential\" or \"classic\", got {}",
-                    describe(v)
-                ),
-            ))
-        }
+        Some((v, _)) => Err(err(
+            "mode",
+            format!(
+                "expected \"sequential\" or \"classic\", got {}",
+                describe(v)
+            ),
+        )),
+    }
+}
+
+/// A score `classic.KEY` in 0..=100, `default` when absent.
+fn parse_score(classic: Option<&Value>, key: &str, default: f64) -> Result<f64, Error> {
+    let Some(v) = classic.and_then(|c| opt_field(c, key)) else {
+        return Ok(default);
     };
+    let path = format!("classic.{key}");
+    let x = number(v, &path)?;
+    if !(0.0..=100.0).contains(&x) {
+        return Err(err(&path, format!("must be within 0..=100, got {x}")));
+    }
+    Ok(x)
+}
+
+/// The `metrics` list: specs, classic settings and each metric's per-arm
+/// values per window, in document order.
+struct Metrics {
+    specs: Vec<MetricSpec>,
+    options: JudgeOptions,
+    /// Per metric: name, canary values, baseline values.
+    series: Vec<(String, Vec<ArmValue>, Vec<ArmValue>)>,
+}
+
+impl Metrics {
+    /// Windows to replay: the longest arm's series.
+    fn window_count(&self) -> usize {
+        self.series
+            .iter()
+            .map(|(_, c, b)| c.len().max(b.len()))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Window `w` (0-based) ending `at_secs` after the start; an arm whose
+    /// series is shorter has no data in it.
+    fn window(&self, w: usize, at_secs: f64, share: Option<f64>) -> WindowObservation {
+        let missing = || ArmValue::NoData("no value for this window in the document".into());
+        WindowObservation {
+            at_secs,
+            expected_canary_share: share,
+            metrics: self
+                .series
+                .iter()
+                .map(|(name, c, b)| MetricWindow {
+                    name: name.clone(),
+                    canary: c.get(w).cloned().unwrap_or_else(missing),
+                    baseline: b.get(w).cloned().unwrap_or_else(missing),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn parse_metrics(root: &Value) -> Result<Metrics, Error> {
     let metrics_v = array(
-        opt_field(&root, "metrics").ok_or_else(|| err("metrics", "missing"))?,
+        opt_field(root, "metrics").ok_or_else(|| err("metrics", "missing"))?,
         "metrics",
     )?;
     if metrics_v.is_empty() {
         return Err(err("metrics", "empty: at least one metric is needed"));
     }
-    let mut specs = Vec::new();
-    let mut options = JudgeOptions::default();
-    let mut series: Vec<(String, Vec<ArmValue>, Vec<ArmValue>)> = Vec::new();
+    let mut out = Metrics {
+        specs: Vec::new(),
+        options: JudgeOptions::default(),
+        series: Vec::new(),
+    };
     for (i, mv) in metrics_v.iter().enumerate() {
         let path = format!("metrics[{i}]");
-        let (spec, classic, canary, baseline) = parse_metric(mv, &path)?;
-        if specs.iter().any(|s: &MetricSpec| s.name == spec.name) {
+        let m = parse_metric(mv, &path)?;
+        if out.specs.iter().any(|s| s.name == m.spec.name) {
             return Err(err(
                 &format!("{path}.name"),
-                format!("duplicate metric name {:?}", spec.name),
+                format!("duplicate metric name {:?}", m.spec.name),
             ));
         }
-        options.classic.push((spec.name.clone(), classic));
-        series.push((spec.name.clone(), canary, baseline));
-        specs.push(spec);
+        out.options.classic.push((m.spec.name.clone(), m.classic));
+        out.series.push((m.spec.name.clone(), m.canary, m.baseline));
+        out.specs.push(m.spec);
     }
-    let n_windows = series
-        .iter()
-        .map(|(_, c, b)| c.len().max(b.len()))
-        .max()
-        .unwrap_or(0);
-    let shares: Vec<Option<f64>> = match opt_field(&root, "expectedCanaryShare") {
-        None => vec![None; n_windows],
+    Ok(out)
+}
+
+/// `expectedCanaryShare`: one share for all windows, one per window (`null`:
+/// unknown) or absent.
+fn parse_shares(root: &Value, n_windows: usize) -> Result<Vec<Option<f64>>, Error> {
+    match opt_field(root, "expectedCanaryShare") {
+        None => Ok(vec![None; n_windows]),
         Some(v) if v.is_array() => {
             let a = array(v, "expectedCanaryShare")?;
             if a.len() != n_windows {
@@ -213,67 +292,76 @@ pub fn parse_document(text: &str) -> Result<Document, Error> {
                         probability(x, &format!("expectedCanaryShare[{w}]")).map(Some)
                     }
                 })
-                .collect::<Result<_, _>>()?
+                .collect()
         }
-        Some(v) => vec![Some(probability(v, "expectedCanaryShare")?); n_windows],
-    };
-    let missing = || ArmValue::NoData("no value for this window in the document".into());
-    let windows = (0..n_windows)
-        .map(|w| WindowObservation {
-            at_secs: interval * (w + 1) as f64,
-            expected_canary_share: shares[w],
-            metrics: series
-                .iter()
-                .map(|(name, c, b)| MetricWindow {
-                    name: name.clone(),
-                    canary: c.get(w).cloned().unwrap_or_else(missing),
-                    baseline: b.get(w).cloned().unwrap_or_else(missing),
-                })
-                .collect(),
-        })
-        .collect();
-    let analysis = Analysis {
-        prometheus: PrometheusConfig {
-            url: String::new(),
-            auth: None,
-            ca_file: None,
-        },
-        interval: Duration::from_secs_f64(interval),
-        max_duration: Duration::from_secs_f64(interval * n_windows.max(1) as f64),
-        alpha,
-        on_no_data: OnNoData::Hold,
-        min_requests_per_step: 0,
-        mode,
-        metrics: specs,
-    };
-    Ok(Document {
-        analysis,
-        options,
-        windows,
-    })
+        Some(v) => Ok(vec![
+            Some(probability(v, "expectedCanaryShare")?);
+            n_windows
+        ]),
+    }
 }
 
-type ParsedMetric = (
-    MetricSpec,
-    ClassicMetricConfig,
-    Vec<ArmValue>,
-    Vec<ArmValue>,
-);
+/// One metric of the document.
+struct ParsedMetric {
+    spec: MetricSpec,
+    classic: ClassicMetricConfig,
+    canary: Vec<ArmValue>,
+    baseline: Vec<ArmValue>,
+}
 
 fn parse_metric(mv: &Value, path: &str) -> Result<ParsedMetric, Error> {
     if !mv.is_object() {
         return Err(err(path, "expected an object"));
     }
-    let name = match opt_field(mv, "name") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+    let name = parse_name(mv, path)?;
+    let kind = parse_kind(mv, path)?;
+    let direction = parse_direction(mv, path)?;
+    let critical = match opt_field(mv, "critical") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
         Some(v) => {
             return Err(err(
-                &format!("{path}.name"),
-                format!("expected a non-empty string, got {}", describe(v)),
+                &format!("{path}.critical"),
+                format!("expected true or false, got {}", describe(v)),
             ))
         }
-        None => return Err(err(&format!("{path}.name"), "missing")),
     };
+    let min_effect = parse_min_effect(mv, path)?;
+    let weight = parse_weight(mv, path)?;
+    let bounds = parse_bounds(mv, path)?;
+    let classic = parse_classic(mv, path)?;
+    let canary = parse_arm(mv, path, "canary", &kind)?;
+    let baseline = parse_arm(mv, path, "baseline", &kind)?;
+    let spec = MetricSpec {
+        name,
+        kind,
+        direction,
+        bounds,
+        critical,
+        min_effect,
+        weight,
+    };
+    Ok(ParsedMetric {
+        spec,
+        classic,
+        canary,
+        baseline,
+    })
+}
+
+fn parse_name(mv: &Value, path: &str) -> Result<String, Error> {
+    match opt_field(mv, "name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        Some(v) => Err(err(
+            &format!("{path}.name"),
+            format!("expected a non-empty string, got {}", describe(v)),
+        )),
+        None => Err(err(&format!("{path}.name"), "missing")),
+    }
+}
+
+/// The metric's kind; a document has no queries, so its templates are empty.
+fn parse_kind(mv: &Value, path: &str) -> Result<MetricKind, Error> {
     let kind_s = match opt_field(mv, "kind") {
         Some(Value::String(s)) => s.as_str(),
         Some(v) => {
@@ -290,97 +378,76 @@ fn parse_metric(mv: &Value, path: &str) -> Result<ParsedMetric, Error> {
         }
     };
     let empty = || Template(String::new());
-    let kind = match kind_s {
-        "errors" => MetricKind::Errors {
+    match kind_s {
+        "errors" => Ok(MetricKind::Errors {
             errors: empty(),
             total: empty(),
-        },
-        "latency" => MetricKind::Latency { buckets: empty() },
-        "gauge" => MetricKind::Gauge { query: empty() },
-        other => {
-            return Err(err(
-                &format!("{path}.kind"),
-                format!("unknown kind {other:?} (errors, latency or gauge)"),
-            ))
+        }),
+        "latency" => Ok(MetricKind::Latency { buckets: empty() }),
+        "gauge" => Ok(MetricKind::Gauge { query: empty() }),
+        other => Err(err(
+            &format!("{path}.kind"),
+            format!("unknown kind {other:?} (errors, latency or gauge)"),
+        )),
+    }
+}
+
+fn parse_direction(mv: &Value, path: &str) -> Result<Direction, Error> {
+    match opt_field(mv, "direction").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("increase"))) => Ok(Direction::Increase),
+        Some((_, Some("decrease"))) => Ok(Direction::Decrease),
+        Some((_, Some("either"))) => Ok(Direction::Either),
+        Some((v, _)) => Err(err(
+            &format!("{path}.direction"),
+            format!("expected increase, decrease or either, got {}", describe(v)),
+        )),
+    }
+}
+
+fn parse_min_effect(mv: &Value, path: &str) -> Result<f64, Error> {
+    let Some(v) = opt_field(mv, "minEffect") else {
+        return Ok(DEFAULT_MIN_EFFECT);
+    };
+    let p = format!("{path}.minEffect");
+    let x = number(v, &p)?;
+    if x <= 0.0 || x > 100.0 {
+        return Err(err(&p, format!("must be in (0, 100], got {x}")));
+    }
+    Ok(x)
+}
+
+fn parse_weight(mv: &Value, path: &str) -> Result<f64, Error> {
+    let Some(v) = opt_field(mv, "weight") else {
+        return Ok(1.0);
+    };
+    let p = format!("{path}.weight");
+    let x = number(v, &p)?;
+    if x < 0.0 {
+        return Err(err(&p, format!("negative weight {x}")));
+    }
+    Ok(x)
+}
+
+fn parse_bounds(mv: &Value, path: &str) -> Result<Option<Bounds>, Error> {
+    let Some(b) = opt_field(mv, "bounds") else {
+        return Ok(None);
+    };
+    let p = format!("{path}.bounds");
+    if !b.is_object() {
+        return Err(err(&p, "expected an object with min and/or max"));
+    }
+    let min = opt_field(b, "min")
+        .map(|v| number(v, &format!("{p}.min")))
+        .transpose()?;
+    let max = opt_field(b, "max")
+        .map(|v| number(v, &format!("{p}.max")))
+        .transpose()?;
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo > hi {
+            return Err(err(&p, format!("min {lo} above max {hi}")));
         }
-    };
-    let direction = match opt_field(mv, "direction").map(|v| (v, v.as_str())) {
-        None | Some((_, Some("increase"))) => Direction::Increase,
-        Some((_, Some("decrease"))) => Direction::Decrease,
-        Some((_, Some("either"))) => Direction::Either,
-        Some((v, _)) => {
-            return Err(err(
-                &format!("{path}.direction"),
-                format!("expected increase, decrease or either, got {}", describe(v)),
-            ))
-        }
-    };
-    let critical = match opt_field(mv, "critical") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => {
-            return Err(err(
-                &format!("{path}.critical"),
-                format!("expected true or false, got {}", describe(v)),
-            ))
-        }
-    };
-    let min_effect = match opt_field(mv, "minEffect") {
-        None => 0.2,
-        Some(v) => {
-            let p = format!("{path}.minEffect");
-            let x = number(v, &p)?;
-            if x <= 0.0 || x > 100.0 {
-                return Err(err(&p, format!("must be in (0, 100], got {x}")));
-            }
-            x
-        }
-    };
-    let weight = match opt_field(mv, "weight") {
-        None => 1.0,
-        Some(v) => {
-            let p = format!("{path}.weight");
-            let x = number(v, &p)?;
-            if x < 0.0 {
-                return Err(err(&p, format!("negative weight {x}")));
-            }
-            x
-        }
-    };
-    let bounds = match opt_field(mv, "bounds") {
-        None => None,
-        Some(b) => {
-            let p = format!("{path}.bounds");
-            if !b.is_object() {
-                return Err(err(&p, "expected an object with min and/or max"));
-            }
-            let min = opt_field(b, "min")
-                .map(|v| number(v, &format!("{p}.min")))
-                .transpose()?;
-            let max = opt_field(b, "max")
-                .map(|v| number(v, &format!("{p}.max")))
-                .transpose()?;
-            if let (Some(lo), Some(hi)) = (min, max) {
-                if lo > hi {
-                    return Err(err(&p, format!("min {lo} above max {hi}")));
-                }
-            }
-            Some(Bounds { min, max })
-        }
-    };
-    let classic = parse_classic(mv, path)?;
-    let spec = MetricSpec {
-        name,
-        kind,
-        direction,
-        bounds,
-        critical,
-        min_effect,
-        weight,
-    };
-    let canary = parse_arm(mv, path, "canary", kind_s)?;
-    let baseline = parse_arm(mv, path, "baseline", kind_s)?;
-    Ok((spec, classic, canary, baseline))
+    }
+    Ok(Some(Bounds { min, max }))
 }
 
 fn parse_classic(mv: &Value, path: &str) -> Result<ClassicMetricConfig, Error> {
@@ -401,14 +468,7 @@ fn parse_classic(mv: &Value, path: &str) -> Result<ClassicMetricConfig, Error> {
     }
     let positive = |key: &str| -> Result<Option<f64>, Error> {
         opt_field(c, key)
-            .map(|v| {
-                let q = format!("{p}.{key}");
-                let x = number(v, &q)?;
-                if x < 0.0 {
-                    return Err(err(&q, format!("must not be negative, got {x}")));
-                }
-                Ok(x)
-            })
+            .map(|v| non_negative(v, &format!("{p}.{key}")))
             .transpose()
     };
     if let Some(x) = positive("allowedIncrease")? {
@@ -423,40 +483,50 @@ fn parse_classic(mv: &Value, path: &str) -> Result<ClassicMetricConfig, Error> {
     if let Some(v) = opt_field(c, "confidence") {
         cfg.confidence = Some(probability(v, &format!("{p}.confidence"))?);
     }
-    match opt_field(c, "nanStrategy").map(|v| (v, v.as_str())) {
-        None | Some((_, Some("remove"))) => {}
-        Some((_, Some("replace"))) => cfg.nan = NanStrategy::Replace,
-        Some((v, _)) => {
-            return Err(err(
-                &format!("{p}.nanStrategy"),
-                format!("expected remove or replace, got {}", describe(v)),
-            ))
-        }
+    cfg.nan = parse_nan(c, &p)?;
+    cfg.outliers = parse_outliers(c, &p)?;
+    Ok(cfg)
+}
+
+fn non_negative(v: &Value, path: &str) -> Result<f64, Error> {
+    let x = number(v, path)?;
+    if x < 0.0 {
+        return Err(err(path, format!("must not be negative, got {x}")));
     }
+    Ok(x)
+}
+
+/// `classic.nanStrategy` of metric path `p` (`remove` when absent).
+fn parse_nan(c: &Value, p: &str) -> Result<NanStrategy, Error> {
+    match opt_field(c, "nanStrategy").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("remove"))) => Ok(NanStrategy::Remove),
+        Some((_, Some("replace"))) => Ok(NanStrategy::Replace),
+        Some((v, _)) => Err(err(
+            &format!("{p}.nanStrategy"),
+            format!("expected remove or replace, got {}", describe(v)),
+        )),
+    }
+}
+
+/// `classic.outliers` of metric path `p`: `"keep"` (or absent) or
+/// `{"iqr": factor}`.
+fn parse_outliers(c: &Value, p: &str) -> Result<OutlierStrategy, Error> {
     match opt_field(c, "outliers") {
-        None => {}
-        Some(Value::String(s)) if s == "keep" => {}
+        None => Ok(OutlierStrategy::Keep),
+        Some(Value::String(s)) if s == "keep" => Ok(OutlierStrategy::Keep),
         Some(v) => match opt_field(v, "iqr") {
             Some(f) => {
-                let q = format!("{p}.outliers.iqr");
-                let x = number(f, &q)?;
-                if x < 0.0 {
-                    return Err(err(&q, format!("must not be negative, got {x}")));
-                }
-                cfg.outliers = OutlierStrategy::RemoveIqr(x);
+                non_negative(f, &format!("{p}.outliers.iqr")).map(OutlierStrategy::RemoveIqr)
             }
-            None => {
-                return Err(err(
-                    &format!("{p}.outliers"),
-                    format!(
-                        "expected \"keep\" or {{\"iqr\": factor}}, got {}",
-                        describe(v)
-                    ),
-                ))
-            }
+            None => Err(err(
+                &format!("{p}.outliers"),
+                format!(
+                    "expected \"keep\" or {{\"iqr\": factor}}, got {}",
+                    describe(v)
+                ),
+            )),
         },
     }
-    Ok(cfg)
 }
 
 /// Per-window increases of cumulative readings, handling counter resets as
@@ -469,16 +539,16 @@ fn increases(readings: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-fn parse_arm(mv: &Value, path: &str, arm: &str, kind: &str) -> Result<Vec<ArmValue>, Error> {
+fn parse_arm(mv: &Value, path: &str, arm: &str, kind: &MetricKind) -> Result<Vec<ArmValue>, Error> {
     let p = format!("{path}.{arm}");
     let a = opt_field(mv, arm).ok_or_else(|| err(&p, "missing"))?;
     if !a.is_object() {
         return Err(err(&p, "expected an object"));
     }
     match kind {
-        "errors" => parse_counts_arm(a, &p),
-        "latency" => parse_latency_arm(a, &p),
-        _ => parse_gauge_arm(a, &p),
+        MetricKind::Errors { .. } => parse_counts_arm(a, &p),
+        MetricKind::Latency { .. } => parse_latency_arm(a, &p),
+        MetricKind::Gauge { .. } => parse_gauge_arm(a, &p),
     }
 }
 
@@ -584,26 +654,7 @@ fn parse_le(a: &Value, p: &str) -> Result<Vec<f64>, Error> {
 fn parse_latency_arm(a: &Value, p: &str) -> Result<Vec<ArmValue>, Error> {
     let le = parse_le(a, p)?;
     if opt_field(a, "samples").is_some() {
-        let list = non_empty(a, "samples", p, 1)?;
-        let mut out = Vec::with_capacity(list.len());
-        for (w, win) in list.iter().enumerate() {
-            let q = format!("{p}.samples[{w}]");
-            let xs = array(win, &q)?;
-            let mut counts = vec![0.0; le.len()];
-            for (i, x) in xs.iter().enumerate() {
-                let v = number(x, &format!("{q}[{i}]"))?;
-                for (c, b) in counts.iter_mut().zip(&le) {
-                    if v <= *b {
-                        *c += 1.0;
-                    }
-                }
-            }
-            out.push(ArmValue::Sample(Sample::Buckets(Histogram {
-                le: le.clone(),
-                counts,
-            })));
-        }
-        return Ok(out);
+        return samples_histograms(a, p, &le);
     }
     let (key, cumulative) = if opt_field(a, "buckets").is_some() {
         ("buckets", true)
@@ -615,28 +666,7 @@ fn parse_latency_arm(a: &Value, p: &str) -> Result<Vec<ArmValue>, Error> {
             "expected \"buckets\" (cumulative readings), \"increases\" or \"samples\"",
         ));
     };
-    let list = non_empty(a, key, p, if cumulative { 2 } else { 1 })?;
-    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(list.len());
-    for (w, row) in list.iter().enumerate() {
-        let q = format!("{p}.{key}[{w}]");
-        let xs = array(row, &q)?;
-        if xs.len() != le.len() {
-            return Err(err(
-                &q,
-                format!(
-                    "{} counts for {} bucket bounds (incl. +Inf)",
-                    xs.len(),
-                    le.len()
-                ),
-            ));
-        }
-        let r: Vec<f64> = xs
-            .iter()
-            .enumerate()
-            .map(|(i, x)| count(x, &format!("{q}[{i}]")))
-            .collect::<Result<_, _>>()?;
-        rows.push(r);
-    }
+    let rows = bucket_rows(a, p, key, le.len(), if cumulative { 2 } else { 1 })?;
     let per_window: Vec<Vec<f64>> = if cumulative {
         // each bucket is its own counter series (resets handled per series)
         let mut out = vec![vec![0.0; le.len()]; rows.len() - 1];
@@ -659,6 +689,63 @@ fn parse_latency_arm(a: &Value, p: &str) -> Result<Vec<ArmValue>, Error> {
             }))
         })
         .collect())
+}
+
+/// `samples`: per window, raw latencies counted into cumulative buckets `le`.
+fn samples_histograms(a: &Value, p: &str, le: &[f64]) -> Result<Vec<ArmValue>, Error> {
+    let list = non_empty(a, "samples", p, 1)?;
+    let mut out = Vec::with_capacity(list.len());
+    for (w, win) in list.iter().enumerate() {
+        let q = format!("{p}.samples[{w}]");
+        let xs = array(win, &q)?;
+        let mut counts = vec![0.0; le.len()];
+        for (i, x) in xs.iter().enumerate() {
+            let v = number(x, &format!("{q}[{i}]"))?;
+            for (c, b) in counts.iter_mut().zip(le) {
+                if v <= *b {
+                    *c += 1.0;
+                }
+            }
+        }
+        out.push(ArmValue::Sample(Sample::Buckets(Histogram {
+            le: le.to_vec(),
+            counts,
+        })));
+    }
+    Ok(out)
+}
+
+/// The rows of `key` (at least `min`), each with one count per bound of `n_le`.
+fn bucket_rows(
+    a: &Value,
+    p: &str,
+    key: &str,
+    n_le: usize,
+    min: usize,
+) -> Result<Vec<Vec<f64>>, Error> {
+    let list = non_empty(a, key, p, min)?;
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(list.len());
+    for (w, row) in list.iter().enumerate() {
+        let q = format!("{p}.{key}[{w}]");
+        let xs = array(row, &q)?;
+        if xs.len() != n_le {
+            return Err(err(
+                &q,
+                format!(
+                    "{} counts for {} bucket bounds (incl. +Inf)",
+                    xs.len(),
+                    n_le
+                ),
+            ));
+        }
+        let r: Vec<f64> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| count(x, &format!("{q}[{i}]")))
+            .collect::<Result<_, _>>()?;
+        rows.push(r);
+    }
+    Ok(rows)
 }
 
 fn parse_gauge_arm(a: &Value, p: &str) -> Result<Vec<ArmValue>, Error> {

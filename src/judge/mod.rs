@@ -208,6 +208,11 @@ pub const MAX_SERIES: usize = 120;
 /// have 11 finite bounds, OpenTelemetry's 15.
 pub const MAX_BUCKET_BOUNDS: usize = 16;
 
+/// Relative change a metric must be shown not to exceed when it gives no
+/// usable `min_effect` (a judge document without `minEffect`, or a spec
+/// whose value is not a positive number).
+pub const DEFAULT_MIN_EFFECT: f64 = 0.2;
+
 /// Longest "why the last window was unusable" text kept per metric (bytes).
 pub const MAX_PROBLEM_BYTES: usize = 200;
 

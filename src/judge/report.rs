@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::histogram::CheckedHistogram;
 use super::record::SRM_ALPHA;
 use super::{Evidence, MetricEvidence};
-use crate::policy::{Direction, MetricSpec};
+use crate::policy::{Direction, MetricKind, MetricSpec};
 
 /// How one metric came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +268,18 @@ pub fn capped_exp(log: f64) -> f64 {
     log.min(700.0).exp()
 }
 
+/// Reason of a verdict before any window (both modes).
+pub(super) const NO_WINDOWS_REASON: &str = "no windows observed yet";
+
+/// Lower-case name of a metric kind, as in the policy and the report.
+pub fn kind_name(kind: &MetricKind) -> &'static str {
+    match kind {
+        MetricKind::Errors { .. } => "errors",
+        MetricKind::Latency { .. } => "latency",
+        MetricKind::Gauge { .. } => "gauge",
+    }
+}
+
 /// Lower-case name of a direction.
 pub fn direction_name(d: Direction) -> &'static str {
     match d {
@@ -329,6 +341,43 @@ pub(super) fn arm_reports(m: &MetricEvidence) -> (ArmReport, ArmReport) {
         );
     }
     (ArmReport::default(), ArmReport::default())
+}
+
+/// A report of `spec` that says only what the evidence `m` holds (arms,
+/// windows, bounds, the last data problem): status `Pass` and no test
+/// result yet; each mode fills in its test.
+pub(super) fn base_report(
+    spec: &MetricSpec,
+    m: Option<&MetricEvidence>,
+    test: String,
+    alpha: f64,
+    threshold: f64,
+) -> MetricReport {
+    let (canary, baseline) = m.map(arm_reports).unwrap_or_default();
+    MetricReport {
+        name: spec.name.clone(),
+        kind: kind_name(&spec.kind).into(),
+        test,
+        status: MetricStatus::Pass,
+        critical: spec.critical,
+        direction: direction_name(spec.direction).into(),
+        windows: m.map_or(0, |m| m.windows),
+        no_data_windows: m.map_or(0, |m| m.no_data),
+        alpha,
+        canary,
+        baseline,
+        estimate: None,
+        interval: None,
+        e_value: None,
+        p_value: None,
+        statistic: None,
+        threshold,
+        boundaries: Vec::new(),
+        components: Vec::new(),
+        bounds: bounds_report(spec, m),
+        needed: None,
+        note: m.and_then(|m| m.last_problem.clone()),
+    }
 }
 
 /// Failed windows that roll back a metric through its absolute bounds:

@@ -12,11 +12,14 @@
 use super::grid::{bump_weights, kl_per_event, log_sum_exp, weight_near, LogLik, Side};
 use super::histogram::CheckedHistogram;
 use super::report::{
-    arm_reports, bounds_report, capped_exp, direction_name, fail_broken_bounds, num, opt,
-    srm_report, BoundaryReport, ComponentReport, Interval, MetricReport, MetricStatus,
-    TrafficNeeded,
+    base_report, capped_exp, fail_broken_bounds, kind_name, num, opt, srm_report, BoundaryReport,
+    ComponentReport, Interval, MetricReport, MetricStatus, SrmReport, TrafficNeeded,
+    NO_WINDOWS_REASON,
 };
-use super::{Decision, Evidence, MetricEvidence, Verdict};
+use super::{
+    CountsEvidence, Decision, Evidence, LatencyEvidence, MetricEvidence, Verdict,
+    DEFAULT_MIN_EFFECT,
+};
 use crate::policy::{Analysis, Direction, MetricKind, MetricSpec};
 
 /// Mixture centre (ratio) and spread (in `ln ρ`) for error-rate tests: most
@@ -35,6 +38,10 @@ pub const SHIFT_PRIOR: (f64, f64) = (1.5, 0.6);
 pub const SHIFT_WEIGHT: f64 = 0.3;
 /// Mixture for the gauge sign test's odds that the canary is higher.
 pub const GAUGE_PRIOR: (f64, f64) = (4.0, 0.6);
+
+/// Odds that the canary is higher in a window, assumed when estimating how
+/// many more windows a gauge needs (3 of 4 windows worse).
+const GAUGE_EFFECT_ODDS: f64 = 3.0;
 
 /// Test names reported per kind.
 pub const ERRORS_TEST: &str = "conditional binomial mixture e-process (error rate ratio)";
@@ -98,26 +105,67 @@ struct Judged {
     summary: String,
 }
 
+impl Judged {
+    /// A metric whose test ran on data.
+    fn tested(report: MetricReport, log_e: f64, no_worse: bool, summary: String) -> Self {
+        Judged {
+            report,
+            log_e,
+            no_worse,
+            usable: true,
+            summary,
+        }
+    }
+}
+
 /// Judges everything recorded so far (see the module docs).
 pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
     let alpha = super::alpha_of(analysis);
     let m = analysis.metrics.len().max(1) as f64;
     let alpha_i = alpha / m;
-    let mut judged: Vec<Judged> = analysis
+    let mut judged = judge_all(analysis, evidence, alpha_i);
+    let failing = mark_failing(&mut judged, m, alpha, alpha_i);
+    let bound_fail = fail_broken_bounds(judged.iter_mut().map(|j| &mut j.report));
+    let srm = srm_report(evidence);
+    let (decision, reason) = decide(evidence, srm.as_ref(), &judged, &failing, &bound_fail);
+    Verdict {
+        decision,
+        reason,
+        mode: "sequential".into(),
+        windows: evidence.windows,
+        alpha,
+        srm,
+        score: None,
+        metrics: final_reports(judged, decision),
+    }
+}
+
+/// Judges each policy metric; one whose latest windows had no usable data
+/// is held back as "no data" (evidence from before a gap cannot clear the
+/// release while the gap lasts).
+fn judge_all(analysis: &Analysis, evidence: &Evidence, alpha_i: f64) -> Vec<Judged> {
+    analysis
         .metrics
         .iter()
-        .map(|spec| judge_metric(spec, evidence.metric(&spec.name), alpha_i))
-        .collect();
-    for (j, spec) in judged.iter_mut().zip(&analysis.metrics) {
-        let stale = evidence.metric(&spec.name).and_then(|m| m.stale_note());
-        if let Some(note) = stale.filter(|_| j.usable) {
-            j.usable = false;
-            j.no_worse = false;
-            j.report.status = MetricStatus::NoData;
-            j.report.note = Some(note);
-        }
-    }
+        .map(|spec| {
+            let m = evidence.metric(&spec.name);
+            let mut j = judge_metric(spec, m, alpha_i);
+            let stale = m.and_then(|m| m.stale_note());
+            if let Some(note) = stale.filter(|_| j.usable) {
+                j.usable = false;
+                j.no_worse = false;
+                j.report.status = MetricStatus::NoData;
+                j.report.note = Some(note);
+            }
+            j
+        })
+        .collect()
+}
 
+/// Marks as failed, and returns the indices of, the metrics whose e-value
+/// alone crosses its share `1/alpha_i`; when none does but the mean of the
+/// `m` e-values crosses `1/alpha`, the largest contributor.
+fn mark_failing(judged: &mut [Judged], m: f64, alpha: f64, alpha_i: f64) -> Vec<usize> {
     let log_mean = log_sum_exp(judged.iter().map(|j| j.log_e)) - m.ln();
     let combined_fail = log_mean >= (1.0 / alpha).ln();
     let threshold_i = (1.0 / alpha_i).ln();
@@ -145,72 +193,93 @@ pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
     for &i in &failing {
         judged[i].report.status = MetricStatus::Fail;
     }
-    let bound_fail = fail_broken_bounds(judged.iter_mut().map(|j| &mut j.report));
+    failing
+}
 
-    let srm = srm_report(evidence);
-    let (decision, reason) = if evidence.windows == 0 {
-        (
-            Decision::Inconclusive,
-            "no windows observed yet".to_string(),
-        )
-    } else if let Some(s) = srm.as_ref().filter(|s| s.mismatch) {
-        (
-            Decision::Inconclusive,
-            format!(
-                "traffic split mismatch: canary share {:.4} ({} of {} requests) vs expected {:.4}, SRM e={} >= {}; not judging",
-                s.observed_share,
-                num(s.canary),
-                num(s.canary + s.baseline),
-                s.expected_share,
-                num(s.e_value),
-                num(s.threshold)
-            ),
-        )
-    } else if !failing.is_empty() || !bound_fail.is_empty() {
+/// The rollout-level decision and its one-line reason, in order of
+/// precedence: nothing seen, broken traffic split, a failing metric or
+/// bound, a metric without usable data, all no worse, keep going.
+fn decide(
+    evidence: &Evidence,
+    srm: Option<&SrmReport>,
+    judged: &[Judged],
+    failing: &[usize],
+    bound_fail: &[usize],
+) -> (Decision, String) {
+    if evidence.windows == 0 {
+        return (Decision::Inconclusive, NO_WINDOWS_REASON.to_string());
+    }
+    if let Some(s) = srm.filter(|s| s.mismatch) {
+        return (Decision::Inconclusive, srm_reason(s));
+    }
+    if !failing.is_empty() || !bound_fail.is_empty() {
         let mut parts: Vec<String> = failing.iter().map(|&i| judged[i].summary.clone()).collect();
-        for &i in &bound_fail {
-            if let Some(b) = &judged[i].report.bounds {
-                parts.push(format!(
-                    "{}: {} {} outside bounds [{}, {}] in {} window(s) (limit {})",
-                    judged[i].report.name,
-                    b.checked,
-                    opt(b.last_value),
-                    opt(b.min),
-                    opt(b.max),
-                    b.failed_windows,
-                    b.failure_limit
-                ));
-            }
-        }
-        (
+        parts.extend(
+            bound_fail
+                .iter()
+                .filter_map(|&i| bounds_reason(&judged[i].report)),
+        );
+        return (
             Decision::Rollback,
             format!("rollback: {}", parts.join("; ")),
-        )
-    } else if let Some(j) = judged.iter().find(|j| !j.usable) {
-        (
+        );
+    }
+    if let Some(j) = judged.iter().find(|j| !j.usable) {
+        return (
             Decision::Inconclusive,
             format!(
                 "no usable data for {}: {}",
                 j.report.name,
                 j.report.note.clone().unwrap_or_default()
             ),
-        )
-    } else if judged.iter().all(|j| j.no_worse) {
-        let parts: Vec<String> = judged.iter().map(|j| j.summary.clone()).collect();
+        );
+    }
+    let parts: Vec<String> = judged.iter().map(|j| j.summary.clone()).collect();
+    if judged.iter().all(|j| j.no_worse) {
         (
             Decision::Promote,
             format!("promote: no worse than min_effect; {}", parts.join("; ")),
         )
     } else {
-        let parts: Vec<String> = judged.iter().map(|j| j.summary.clone()).collect();
         (
             Decision::Continue,
             format!("continue: {}", parts.join("; ")),
         )
-    };
+    }
+}
 
+fn srm_reason(s: &SrmReport) -> String {
+    format!(
+        "traffic split mismatch: canary share {:.4} ({} of {} requests) vs expected {:.4}, SRM e={} >= {}; not judging",
+        s.observed_share,
+        num(s.canary),
+        num(s.canary + s.baseline),
+        s.expected_share,
+        num(s.e_value),
+        num(s.threshold)
+    )
+}
+
+/// Why a metric's absolute bounds roll back (`None` without bounds).
+fn bounds_reason(report: &MetricReport) -> Option<String> {
+    let b = report.bounds.as_ref()?;
+    Some(format!(
+        "{}: {} {} outside bounds [{}, {}] in {} window(s) (limit {})",
+        report.name,
+        b.checked,
+        opt(b.last_value),
+        opt(b.min),
+        opt(b.max),
+        b.failed_windows,
+        b.failure_limit
+    ))
+}
+
+/// The per-metric reports; the traffic estimate is kept only while the
+/// rollout still waits for evidence.
+fn final_reports(judged: Vec<Judged>, decision: Decision) -> Vec<MetricReport> {
     let keep_needed = matches!(decision, Decision::Continue | Decision::Inconclusive);
-    let metrics = judged
+    judged
         .into_iter()
         .map(|mut j| {
             if !keep_needed {
@@ -218,58 +287,7 @@ pub fn evaluate(analysis: &Analysis, evidence: &Evidence) -> Verdict {
             }
             j.report
         })
-        .collect();
-    Verdict {
-        decision,
-        reason,
-        mode: "sequential".into(),
-        windows: evidence.windows,
-        alpha,
-        srm,
-        score: None,
-        metrics,
-    }
-}
-
-fn kind_name(kind: &MetricKind) -> &'static str {
-    match kind {
-        MetricKind::Errors { .. } => "errors",
-        MetricKind::Latency { .. } => "latency",
-        MetricKind::Gauge { .. } => "gauge",
-    }
-}
-
-fn base_report(
-    spec: &MetricSpec,
-    m: Option<&MetricEvidence>,
-    alpha_i: f64,
-    test: &str,
-) -> MetricReport {
-    let (canary, baseline) = m.map(arm_reports).unwrap_or_default();
-    MetricReport {
-        name: spec.name.clone(),
-        kind: kind_name(&spec.kind).into(),
-        test: test.into(),
-        status: MetricStatus::Pass,
-        critical: spec.critical,
-        direction: direction_name(spec.direction).into(),
-        windows: m.map_or(0, |m| m.windows),
-        no_data_windows: m.map_or(0, |m| m.no_data),
-        alpha: alpha_i,
-        canary,
-        baseline,
-        estimate: None,
-        interval: None,
-        e_value: None,
-        p_value: None,
-        statistic: None,
-        threshold: 1.0 / alpha_i,
-        boundaries: Vec::new(),
-        components: Vec::new(),
-        bounds: bounds_report(spec, m),
-        needed: None,
-        note: m.and_then(|m| m.last_problem.clone()),
-    }
+        .collect()
 }
 
 fn no_data(mut report: MetricReport, note: String) -> Judged {
@@ -292,7 +310,7 @@ fn judge_metric(spec: &MetricSpec, m: Option<&MetricEvidence>, alpha_i: f64) -> 
         MetricKind::Latency { .. } => LATENCY_TEST,
         MetricKind::Gauge { .. } => GAUGE_TEST,
     };
-    let report = base_report(spec, m, alpha_i, test);
+    let report = base_report(spec, m, test.into(), alpha_i, 1.0 / alpha_i);
     let Some(m) = m.filter(|m| m.windows > 0) else {
         let why = m
             .and_then(|m| m.last_problem.clone())
@@ -318,7 +336,7 @@ fn effect_ratio(spec: &MetricSpec) -> f64 {
     let e = if spec.min_effect.is_finite() && spec.min_effect > 0.0 {
         spec.min_effect
     } else {
-        0.2
+        DEFAULT_MIN_EFFECT
     };
     match spec.direction {
         Direction::Decrease => 1.0 / (1.0 + e),
@@ -363,6 +381,60 @@ fn events_needed(weights: &[f64], rho: f64, s: f64, log_threshold: f64) -> Optio
     (kl > 0.0 && w > 0.0).then(|| (log_threshold - w.ln()) / kl)
 }
 
+/// The canary's share of `canary + baseline` (an even split before any).
+fn canary_share(canary: f64, baseline: f64) -> f64 {
+    let total = canary + baseline;
+    if total > 0.0 {
+        canary / total
+    } else {
+        0.5
+    }
+}
+
+/// What one errors or latency metric is tested against.
+struct Target<'a> {
+    spec: &'a MetricSpec,
+    /// The metric's share of the false-rollback budget.
+    alpha_i: f64,
+    /// The ratio `min_effect` means on the regression side.
+    effect: f64,
+    /// Mixture weights of the test's prior for the metric's direction.
+    weights: Vec<f64>,
+}
+
+impl<'a> Target<'a> {
+    fn new(spec: &'a MetricSpec, alpha_i: f64, prior: (f64, f64)) -> Self {
+        Target {
+            spec,
+            alpha_i,
+            effect: effect_ratio(spec),
+            weights: weights_for(prior, spec.direction),
+        }
+    }
+
+    /// The e-value that rolls this metric back by itself.
+    fn threshold(&self) -> f64 {
+        1.0 / self.alpha_i
+    }
+}
+
+/// An error-rate test's outcome.
+struct RateFit {
+    log_e: f64,
+    /// Canary rate / baseline rate (the likelihood's maximum without rates).
+    estimate: Option<f64>,
+    lo: Option<f64>,
+    hi: Option<f64>,
+}
+
+/// Each arm's error rate, `None` without requests.
+fn error_rates(c: &CountsEvidence) -> (Option<f64>, Option<f64>) {
+    (
+        (c.canary_total > 0.0).then(|| c.canary_errors / c.canary_total),
+        (c.baseline_total > 0.0).then(|| c.baseline_errors / c.baseline_total),
+    )
+}
+
 fn judge_errors(
     spec: &MetricSpec,
     m: &MetricEvidence,
@@ -372,79 +444,78 @@ fn judge_errors(
     let Some(c) = &m.counts else {
         return no_data(report, "no counts".into());
     };
-    let weights = weights_for(ERROR_PRIOR, spec.direction);
-    let log_e = c.loglik.log_e(&weights);
+    let t = Target::new(spec, alpha_i, ERROR_PRIOR);
     let (lo, hi) = c.loglik.interval(alpha_i);
-    let rc = (c.canary_total > 0.0).then(|| c.canary_errors / c.canary_total);
-    let rb = (c.baseline_total > 0.0).then(|| c.baseline_errors / c.baseline_total);
-    let estimate = match (rc, rb) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => c.loglik.mle(),
+    let fit = RateFit {
+        log_e: c.loglik.log_e(&t.weights),
+        estimate: match error_rates(c) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => c.loglik.mle(),
+        },
+        lo,
+        hi,
     };
-    report.estimate = estimate;
+    report.estimate = fit.estimate;
     report.interval = Some(anytime_interval(lo, hi, alpha_i));
-    report.e_value = Some(capped_exp(log_e));
-    let effect = effect_ratio(spec);
-    let nw = no_worse(spec.direction, effect, lo, hi);
+    report.e_value = Some(capped_exp(fit.log_e));
+    let nw = no_worse(spec.direction, t.effect, lo, hi);
     if nw {
         report.status = MetricStatus::NoWorse;
     }
+    report.needed = Some(errors_needed(&t, c));
+    let summary = errors_summary(&t, c, &fit);
+    Judged::tested(report, fit.log_e, nw, summary)
+}
+
+/// More errors (and requests) expected to be needed to detect `min_effect`.
+fn errors_needed(t: &Target, c: &CountsEvidence) -> TrafficNeeded {
     let total = c.canary_total + c.baseline_total;
-    let share = if total > 0.0 {
-        c.canary_total / total
-    } else {
-        0.5
-    };
+    let share = canary_share(c.canary_total, c.baseline_total);
     let events = c.canary_errors + c.baseline_errors;
-    report.needed = Some(
-        match events_needed(&weights, effect, share, (1.0 / alpha_i).ln()) {
-            Some(n) => {
-                let more = (n - events).max(0.0);
-                let base_rate = match (rb, total > 0.0) {
-                    (Some(b), _) if b > 0.0 => Some(b),
-                    (_, true) if events > 0.0 => Some(events / total),
-                    _ => None,
-                };
-                let per_request = base_rate.map(|r| r * ((1.0 - share) + effect * share));
-                TrafficNeeded {
-                effect,
-                more_events: Some(more.ceil()),
-                more_requests: per_request.filter(|p| *p > 0.0).map(|p| (more / p).ceil()),
-                note: format!(
-                    "mean error events to reach e={} at ratio {} with canary share {:.3} is {}; {} seen",
-                    num(1.0 / alpha_i),
-                    num(effect),
-                    share,
-                    num(n.ceil()),
-                    num(events)
-                ),
-            }
-            }
-            None => no_estimate(effect, "no traffic split to estimate from"),
-        },
-    );
-    let summary = format!(
+    let Some(n) = events_needed(&t.weights, t.effect, share, t.threshold().ln()) else {
+        return no_estimate(t.effect, "no traffic split to estimate from");
+    };
+    let more = (n - events).max(0.0);
+    // Errors per request at `effect`: the baseline's rate (or the pooled
+    // one), raised by `effect` on the canary's share.
+    let base_rate = match (error_rates(c).1, total > 0.0) {
+        (Some(b), _) if b > 0.0 => Some(b),
+        (_, true) if events > 0.0 => Some(events / total),
+        _ => None,
+    };
+    let per_request = base_rate.map(|r| r * ((1.0 - share) + t.effect * share));
+    TrafficNeeded {
+        effect: t.effect,
+        more_events: Some(more.ceil()),
+        more_requests: per_request.filter(|p| *p > 0.0).map(|p| (more / p).ceil()),
+        note: format!(
+            "mean error events to reach e={} at ratio {} with canary share {:.3} is {}; {} seen",
+            num(t.threshold()),
+            num(t.effect),
+            share,
+            num(n.ceil()),
+            num(events)
+        ),
+    }
+}
+
+fn errors_summary(t: &Target, c: &CountsEvidence, fit: &RateFit) -> String {
+    let (rc, rb) = error_rates(c);
+    format!(
         "{}: e={}/{} canary {}/{} ({}) vs baseline {}/{} ({}) ratio {} [{}, {}]",
-        spec.name,
-        num(capped_exp(log_e)),
-        num(1.0 / alpha_i),
+        t.spec.name,
+        num(capped_exp(fit.log_e)),
+        num(t.threshold()),
         num(c.canary_errors),
         num(c.canary_total),
         opt(rc),
         num(c.baseline_errors),
         num(c.baseline_total),
         opt(rb),
-        opt(estimate),
-        opt(lo),
-        opt(hi)
-    );
-    Judged {
-        report,
-        log_e,
-        no_worse: nw,
-        usable: true,
-        summary,
-    }
+        opt(fit.estimate),
+        opt(fit.lo),
+        opt(fit.hi)
+    )
 }
 
 /// Exceedance ratio at bound `le` that a latency change by `ratio` would cause,
@@ -455,6 +526,93 @@ fn exceedance_ratio(base: &CheckedHistogram, le: f64, ratio: f64) -> Option<f64>
     (p > 0.0 && q > 0.0).then(|| q / p)
 }
 
+/// Both arms' cumulative latency histograms and their totals.
+struct LatencyArms {
+    canary: CheckedHistogram,
+    base: CheckedHistogram,
+    /// Canary observations.
+    ct: f64,
+    /// Baseline observations.
+    bt: f64,
+}
+
+impl LatencyArms {
+    fn new(l: &LatencyEvidence) -> Self {
+        let canary = CheckedHistogram {
+            le: l.le.clone(),
+            cumulative: l.canary.clone(),
+        };
+        let base = CheckedHistogram {
+            le: l.le.clone(),
+            cumulative: l.baseline.clone(),
+        };
+        let (ct, bt) = (canary.total(), base.total());
+        LatencyArms {
+            canary,
+            base,
+            ct,
+            bt,
+        }
+    }
+
+    /// Canary share of its observations above bound `i`.
+    fn canary_above(&self, i: usize) -> f64 {
+        if self.ct > 0.0 {
+            self.canary.above(i) / self.ct
+        } else {
+            0.0
+        }
+    }
+
+    /// Baseline share of its observations above bound `i`.
+    fn base_above(&self, i: usize) -> f64 {
+        if self.bt > 0.0 {
+            self.base.above(i) / self.bt
+        } else {
+            0.0
+        }
+    }
+
+    /// Share of both arms' observations above bound `i`.
+    fn pooled_above(&self, i: usize) -> f64 {
+        let total = self.ct + self.bt;
+        if total > 0.0 {
+            (self.canary.above(i) + self.base.above(i)) / total
+        } else {
+            0.0
+        }
+    }
+
+    /// Observations of both arms above bound `i`.
+    fn events_above(&self, i: usize) -> f64 {
+        self.canary.above(i) + self.base.above(i)
+    }
+}
+
+/// The bound at which `min_effect` would be detected with the fewest
+/// requests, and what it takes there.
+#[derive(Clone, Copy)]
+struct BoundNeed {
+    /// Mean "slower than `le`" events to cross the threshold.
+    events: f64,
+    /// Requests (both arms) that bring those events.
+    requests: f64,
+    le: f64,
+    /// Exceedance ratio at `le` that a latency change by `min_effect` causes.
+    rho: f64,
+}
+
+/// What the per-bound tests say about `min_effect`.
+struct BoundScan {
+    /// Every informative bound's interval excludes `min_effect`.
+    no_worse: bool,
+    cheapest: Option<BoundNeed>,
+}
+
+/// Bounds that split the pooled traffic less evenly than this carry too
+/// little information to judge `min_effect` at.
+const INFORMATIVE_SPLIT: std::ops::RangeInclusive<f64> = 0.05..=0.95;
+
 fn judge_latency(
     spec: &MetricSpec,
     m: &MetricEvidence,
@@ -464,94 +622,119 @@ fn judge_latency(
     let Some(l) = &m.latency else {
         return no_data(report, "no buckets".into());
     };
-    let weights = weights_for(LATENCY_PRIOR, spec.direction);
-    let per: Vec<f64> = l.loglik.iter().map(|x| x.log_e(&weights)).collect();
+    let t = Target::new(spec, alpha_i, LATENCY_PRIOR);
+    let per: Vec<f64> = l.loglik.iter().map(|x| x.log_e(&t.weights)).collect();
     let log_e = latency_log_e(&l.loglik, &l.shift, spec.direction);
-    let (bounds_e, shift_e) = (
-        bounds_log_e(&l.loglik, spec.direction),
-        shift_log_e(&l.shift, spec.direction),
-    );
-    let canary = CheckedHistogram {
-        le: l.le.clone(),
-        cumulative: l.canary.clone(),
-    };
-    let base = CheckedHistogram {
-        le: l.le.clone(),
-        cumulative: l.baseline.clone(),
-    };
-    let (ct, bt) = (canary.total(), base.total());
-    report.boundaries =
-        l.le.iter()
-            .enumerate()
-            .map(|(i, le)| {
-                let ca = if ct > 0.0 { canary.above(i) / ct } else { 0.0 };
-                let ba = if bt > 0.0 { base.above(i) / bt } else { 0.0 };
-                let odds = |p: f64| p / (1.0 - p);
-                BoundaryReport {
-                    le: *le,
-                    canary_above: ca,
-                    baseline_above: ba,
-                    ratio: (ba > 0.0).then(|| ca / ba),
-                    e_value: capped_exp(per.get(i).copied().unwrap_or(0.0)),
-                    odds_ratio: (ba > 0.0 && ba < 1.0 && ca < 1.0).then(|| odds(ca) / odds(ba)),
-                }
-            })
-            .collect();
+    let arms = LatencyArms::new(l);
+    report.boundaries = boundary_reports(&l.le, &arms, &per);
     // The headline estimate and interval are those of the most significant bound.
     let best = per
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, _)| i);
-    let effect = effect_ratio(spec);
-    let mut nw = ct > 0.0 && bt > 0.0;
-    let mut best_needed: Option<(f64, f64, f64, f64)> = None;
-    let share = if ct + bt > 0.0 { ct / (ct + bt) } else { 0.5 };
-    // The per-bound tests share 1 − SHIFT_WEIGHT of the metric's e-value.
-    let log_thr =
-        (1.0 / alpha_i).ln() + (l.le.len().max(1) as f64).ln() - (1.0 - SHIFT_WEIGHT).ln();
-    for (i, le) in l.le.iter().enumerate() {
-        let pooled = if ct + bt > 0.0 {
-            (canary.above(i) + base.above(i)) / (ct + bt)
-        } else {
-            0.0
-        };
-        if !(0.05..=0.95).contains(&pooled) {
-            continue;
-        }
-        let Some(rho) = exceedance_ratio(&base, *le, effect) else {
-            continue;
-        };
-        let (lo, hi) = l.loglik[i].interval(alpha_i);
-        if !no_worse(spec.direction, rho, lo, hi) {
-            nw = false;
-        }
-        let base_above = if bt > 0.0 { base.above(i) / bt } else { 0.0 };
-        if let Some(n) = events_needed(&weights, rho, share, log_thr) {
-            let per_request = base_above * ((1.0 - share) + rho * share);
-            if per_request > 0.0 {
-                let requests = n / per_request;
-                if best_needed.is_none_or(|b| requests < b.1) {
-                    best_needed = Some((n, requests, *le, rho));
-                }
-            }
-        }
-    }
+    let scan = scan_bounds(&t, l, &arms);
     if let Some(i) = best {
         let (lo, hi) = l.loglik[i].interval(alpha_i);
         report.estimate = report.boundaries.get(i).and_then(|b| b.ratio);
         report.interval = Some(anytime_interval(lo, hi, alpha_i));
     }
     report.e_value = Some(capped_exp(log_e));
-    // Where the canary's share above a bound differs most from the
-    // baseline's (in the regression direction): what drives the rank-type
-    // shift test.
-    let shift_le = report
-        .boundaries
+    let parts = LatencyParts {
+        shift: ComponentReport {
+            name: "shift".into(),
+            weight: SHIFT_WEIGHT,
+            e_value: capped_exp(shift_log_e(&l.shift, spec.direction)),
+            estimate: l.shift.mle(),
+            le: largest_gap_le(&report.boundaries, spec.direction),
+        },
+        bounds: ComponentReport {
+            name: "bounds".into(),
+            weight: 1.0 - SHIFT_WEIGHT,
+            e_value: capped_exp(bounds_log_e(&l.loglik, spec.direction)),
+            estimate: report.estimate,
+            le: best.and_then(|i| l.le.get(i).copied()),
+        },
+    };
+    if scan.no_worse {
+        report.status = MetricStatus::NoWorse;
+    }
+    report.needed = Some(latency_needed(&t, l, &arms, scan.cheapest));
+    let summary = latency_summary(&t, &report, &parts, log_e, &arms);
+    report.components = vec![parts.shift, parts.bounds];
+    Judged::tested(report, log_e, scan.no_worse, summary)
+}
+
+/// One report per finite bound: each arm's share above it, their ratios
+/// and the bound test's e-value (`per`: its `ln e`).
+fn boundary_reports(le: &[f64], arms: &LatencyArms, per: &[f64]) -> Vec<BoundaryReport> {
+    let odds = |p: f64| p / (1.0 - p);
+    le.iter()
+        .enumerate()
+        .map(|(i, le)| {
+            let ca = arms.canary_above(i);
+            let ba = arms.base_above(i);
+            BoundaryReport {
+                le: *le,
+                canary_above: ca,
+                baseline_above: ba,
+                ratio: (ba > 0.0).then(|| ca / ba),
+                e_value: capped_exp(per.get(i).copied().unwrap_or(0.0)),
+                odds_ratio: (ba > 0.0 && ba < 1.0 && ca < 1.0).then(|| odds(ca) / odds(ba)),
+            }
+        })
+        .collect()
+}
+
+/// Checks `min_effect` at each informative bound: whether every interval
+/// excludes it, and where detecting it would need the fewest requests.
+fn scan_bounds(t: &Target, l: &LatencyEvidence, arms: &LatencyArms) -> BoundScan {
+    let mut scan = BoundScan {
+        no_worse: arms.ct > 0.0 && arms.bt > 0.0,
+        cheapest: None,
+    };
+    let share = canary_share(arms.ct, arms.bt);
+    // The per-bound tests share 1 − SHIFT_WEIGHT of the metric's e-value.
+    let log_thr = t.threshold().ln() + (l.le.len().max(1) as f64).ln() - (1.0 - SHIFT_WEIGHT).ln();
+    for (i, le) in l.le.iter().enumerate() {
+        if !INFORMATIVE_SPLIT.contains(&arms.pooled_above(i)) {
+            continue;
+        }
+        let Some(rho) = exceedance_ratio(&arms.base, *le, t.effect) else {
+            continue;
+        };
+        let (lo, hi) = l.loglik[i].interval(t.alpha_i);
+        if !no_worse(t.spec.direction, rho, lo, hi) {
+            scan.no_worse = false;
+        }
+        let Some(events) = events_needed(&t.weights, rho, share, log_thr) else {
+            continue;
+        };
+        let per_request = arms.base_above(i) * ((1.0 - share) + rho * share);
+        if per_request > 0.0 {
+            let requests = events / per_request;
+            if scan.cheapest.is_none_or(|b| requests < b.requests) {
+                scan.cheapest = Some(BoundNeed {
+                    events,
+                    requests,
+                    le: *le,
+                    rho,
+                });
+            }
+        }
+    }
+    scan
+}
+
+/// The bound where the canary's share above it differs most from the
+/// baseline's in the regression direction: what drives the rank-type shift
+/// test.
+fn largest_gap_le(boundaries: &[BoundaryReport], direction: Direction) -> Option<f64> {
+    boundaries
         .iter()
         .map(|b| {
             let d = b.canary_above - b.baseline_above;
-            let d = match spec.direction {
+            let d = match direction {
                 Direction::Increase => d,
                 Direction::Decrease => -d,
                 Direction::Either => d.abs(),
@@ -560,73 +743,69 @@ fn judge_latency(
         })
         .filter(|(_, d)| *d > 0.0)
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(le, _)| le);
-    let shift_estimate = l.shift.mle();
-    report.components = vec![
-        ComponentReport {
-            name: "shift".into(),
-            weight: SHIFT_WEIGHT,
-            e_value: capped_exp(shift_e),
-            estimate: shift_estimate,
-            le: shift_le,
-        },
-        ComponentReport {
-            name: "bounds".into(),
-            weight: 1.0 - SHIFT_WEIGHT,
-            e_value: capped_exp(bounds_e),
-            estimate: report.estimate,
-            le: best.and_then(|i| l.le.get(i).copied()),
-        },
-    ];
-    if nw {
-        report.status = MetricStatus::NoWorse;
+        .map(|(le, _)| le)
+}
+
+/// The two e-processes mixed into a latency metric's e-value.
+struct LatencyParts {
+    shift: ComponentReport,
+    bounds: ComponentReport,
+}
+
+/// More events and requests expected to be needed to detect `min_effect`,
+/// at the cheapest bound.
+fn latency_needed(
+    t: &Target,
+    l: &LatencyEvidence,
+    arms: &LatencyArms,
+    cheapest: Option<BoundNeed>,
+) -> TrafficNeeded {
+    let Some(need) = cheapest else {
+        return no_estimate(t.effect, "no bucket bound splits the traffic 5%..95% yet");
+    };
+    let seen = arms.ct + arms.bt;
+    let idx = l.le.iter().position(|x| *x == need.le).unwrap_or(0);
+    TrafficNeeded {
+        effect: t.effect,
+        more_events: Some((need.events - arms.events_above(idx)).max(0.0).ceil()),
+        more_requests: Some((need.requests - seen).max(0.0).ceil()),
+        note: format!(
+            "at le={}: latency x{} means P(latency > le) ratio {}; mean requests to cross is {}, {} seen",
+            need.le,
+            num(t.effect),
+            num(need.rho),
+            num(need.requests.ceil()),
+            num(seen)
+        ),
     }
-    let seen = ct + bt;
-    report.needed = Some(match best_needed {
-        Some((n, requests, le, rho)) => {
-            let idx = l.le.iter().position(|x| *x == le).unwrap_or(0);
-            let events = canary.above(idx) + base.above(idx);
-            TrafficNeeded {
-                effect,
-                more_events: Some((n - events).max(0.0).ceil()),
-                more_requests: Some((requests - seen).max(0.0).ceil()),
-                note: format!(
-                    "at le={le}: latency x{} means P(latency > le) ratio {}; mean requests to cross is {}, {} seen",
-                    num(effect),
-                    num(rho),
-                    num(requests.ceil()),
-                    num(seen)
-                ),
-            }
-        }
-        None => no_estimate(effect, "no bucket bound splits the traffic 5%..95% yet"),
-    });
-    let summary = format!(
+}
+
+fn latency_summary(
+    t: &Target,
+    report: &MetricReport,
+    parts: &LatencyParts,
+    log_e: f64,
+    arms: &LatencyArms,
+) -> String {
+    format!(
         "{}: e={}/{} (shift test e={}, common odds ratio {}, largest gap at le={}; per-bound mean e={}, strongest le={}) p50 {} vs {}, p90 {} vs {}, p99 {} vs {} (canary vs baseline, n {} vs {})",
-        spec.name,
+        t.spec.name,
         num(capped_exp(log_e)),
-        num(1.0 / alpha_i),
-        num(capped_exp(shift_e)),
-        opt(shift_estimate),
-        opt(shift_le),
-        num(capped_exp(bounds_e)),
-        opt(best.and_then(|i| l.le.get(i).copied())),
+        num(t.threshold()),
+        num(parts.shift.e_value),
+        opt(parts.shift.estimate),
+        opt(parts.shift.le),
+        num(parts.bounds.e_value),
+        opt(parts.bounds.le),
         opt(report.canary.p50),
         opt(report.baseline.p50),
         opt(report.canary.p90),
         opt(report.baseline.p90),
         opt(report.canary.p99),
         opt(report.baseline.p99),
-        num(ct),
-        num(bt)
-    );
-    Judged {
-        report,
-        log_e,
-        no_worse: nw,
-        usable: true,
-        summary,
-    }
+        num(arms.ct),
+        num(arms.bt)
+    )
 }
 
 fn judge_gauge(
@@ -645,7 +824,7 @@ fn judge_gauge(
     report.e_value = Some(capped_exp(log_e));
     report.canary.n = Some(n);
     report.baseline.n = Some(n);
-    let odds = 3.0;
+    let odds = GAUGE_EFFECT_ODDS;
     let needed = events_needed(
         &weights,
         if spec.direction == Direction::Decrease {

@@ -79,42 +79,19 @@ pub async fn judge_range(
     let mut k: u32 = 1;
     while from + i64::from(k) * step <= to {
         let end = from + i64::from(k) * step;
-        let window = Window {
-            end_unix_secs: end,
-            length: interval,
-            at_secs: (end - from) as f64,
-            expected_canary_share: None,
+        let slot = Slot {
+            k,
+            from: end - step,
+            window: Window {
+                end_unix_secs: end,
+                length: interval,
+                at_secs: (end - from) as f64,
+                expected_canary_share: None,
+            },
         };
-        let entry = match source.observe(policy, &window).await {
-            Ok(obs) => {
-                evidence.record(&obs);
-                let v = judge::evaluate(&policy.analysis, &evidence);
-                let entry = TimelineEntry {
-                    window: k,
-                    from: end - step,
-                    to: end,
-                    at_secs: window.at_secs,
-                    decision: Some(v.decision),
-                    reason: v.reason.clone(),
-                    metrics: obs.metrics,
-                };
-                verdict = Some(v);
-                entry
-            }
-            Err(e) => {
-                tracing::warn!(window = k, end, error = %e, "metric source failed; holding");
-                TimelineEntry {
-                    window: k,
-                    from: end - step,
-                    to: end,
-                    at_secs: window.at_secs,
-                    decision: None,
-                    reason: format!("hold: {e}"),
-                    metrics: Vec::new(),
-                }
-            }
-        };
+        let (entry, judged) = judge_window(source, policy, &mut evidence, &slot).await;
         timeline.push(entry);
+        verdict = judged.or(verdict);
         if verdict
             .as_ref()
             .is_some_and(|v: &Verdict| v.decision == Decision::Rollback)
@@ -138,6 +115,52 @@ pub async fn judge_range(
         timeline,
         verdict,
     })
+}
+
+/// One window of the range.
+struct Slot {
+    /// 1-based window number.
+    k: u32,
+    /// Window start, Unix seconds.
+    from: i64,
+    /// What the source reads.
+    window: Window,
+}
+
+/// Reads the slot's window, folds it into `evidence` and judges; a source
+/// error holds (a timeline entry without a decision, and no verdict).
+async fn judge_window(
+    source: &dyn MetricSource,
+    policy: &Policy,
+    evidence: &mut Evidence,
+    slot: &Slot,
+) -> (TimelineEntry, Option<Verdict>) {
+    let (k, window) = (slot.k, &slot.window);
+    let end = window.end_unix_secs;
+    let mut entry = TimelineEntry {
+        window: k,
+        from: slot.from,
+        to: end,
+        at_secs: window.at_secs,
+        decision: None,
+        reason: String::new(),
+        metrics: Vec::new(),
+    };
+    match source.observe(policy, window).await {
+        Ok(obs) => {
+            evidence.record(&obs);
+            let v = judge::evaluate(&policy.analysis, evidence);
+            entry.decision = Some(v.decision);
+            entry.reason = v.reason.clone();
+            entry.metrics = obs.metrics;
+            (entry, Some(v))
+        }
+        Err(e) => {
+            tracing::warn!(window = k, end, error = %e, "metric source failed; holding");
+            entry.reason = format!("hold: {e}");
+            (entry, None)
+        }
+    }
 }
 
 /// Parses Unix seconds (`1700000000`, fractions truncated) or RFC 3339
