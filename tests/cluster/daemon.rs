@@ -709,12 +709,16 @@ async fn gateway_weights_follow_the_steps() {
     wait_settled_on(&scene, &daemon, V2).await;
     // As with the Ingress: the route is restored in the same pass that
     // removes the arms; wait for the sampler to see it.
-    wait_until(SHORT, "canary backendRef removed after promotion", || async {
-        match seen.lock().unwrap().last().map(String::as_str) {
-            Some("web=100") => Ok(()),
-            other => Err(format!("last sample {other:?}")),
-        }
-    })
+    wait_until(
+        SHORT,
+        "canary backendRef removed after promotion",
+        || async {
+            match seen.lock().unwrap().last().map(String::as_str) {
+                Some("web=100") => Ok(()),
+                other => Err(format!("last sample {other:?}")),
+            }
+        },
+    )
     .await;
     task.abort();
     let seen = seen.lock().unwrap().clone();

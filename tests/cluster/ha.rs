@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use serde_json::json;
 
-use crate::daemon::{reasons, wait_settled_on, Scene, SHORT, TOKEN, V2, V3};
+use crate::daemon::{reasons, wait_settled_on, Scene, ROLLOUT_TIMEOUT, SHORT, TOKEN, V2, V3};
 use crate::support::cluster::wait_until;
 use crate::support::daemon::{state_of, Daemon};
 
@@ -362,6 +362,80 @@ async fn unsafe_configuration_is_refused_and_a_slow_header_client_is_dropped() {
     eprintln!(
         "figure: slow-header connection dropped after {:?}",
         started.elapsed()
+    );
+    scene.ns.cleanup().await;
+}
+
+/// Sends `signal` (e.g. `-STOP`) to the daemon's process.
+fn signal(daemon: &Daemon, signal: &str) {
+    let pid = daemon.child.as_ref().expect("running").id();
+    let sent = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_leader_stops_acting_and_the_other_takes_over() {
+    let scene = Scene::new().await;
+    scene.create_web(2).await;
+    let (leader, follower) = two_replicas(&scene).await;
+    scene.wait_adopted(&leader).await;
+    scene.set_image(V2, None).await;
+    scene
+        .wait_phase(&leader, "analysis of v2", |p| p.is_analysing())
+        .await;
+
+    // Hung, not dead: the process keeps its sockets and its belief that it leads.
+    signal(&leader, "-STOP");
+    let stopped = k8s_openapi::jiff::Timestamp::now();
+    let next = follower.identity.clone();
+    wait_until(
+        Duration::from_secs(60),
+        "the follower takes the Lease",
+        || async {
+            let h = holder(&scene).await;
+            if h == next {
+                Ok(())
+            } else {
+                Err(h)
+            }
+        },
+    )
+    .await;
+    // The new leader acts (its Events), then the old one wakes up.
+    wait_until(ROLLOUT_TIMEOUT, "an Event from the new leader", || async {
+        let events = scene.events().await;
+        if events
+            .iter()
+            .any(|e| e.reporting_instance.as_deref() == Some(next.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(format!("{:?}", reasons(&events)))
+        }
+    })
+    .await;
+    signal(&leader, "-CONT");
+    let d = wait_settled_on(&scene, &follower, V2).await;
+    assert_eq!(state_of(&d).phase, Phase::Promoted);
+    // Nothing the stale leader did after it hung reached the cluster.
+    let stale: Vec<String> = scene
+        .events()
+        .await
+        .iter()
+        .filter(|e| e.reporting_instance.as_deref() == Some(leader.identity.as_str()))
+        .filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 > stopped))
+        .map(|e| format!("{:?}", e.reason))
+        .collect();
+    assert!(stale.is_empty(), "the stale leader wrote Events: {stale:?}");
+    let log = leader.log_text();
+    assert!(
+        log.contains("Lost leadership") || log.contains("Renew deadline passed"),
+        "the stale leader never noticed:\n{}",
+        leader.tail()
     );
     scene.ns.cleanup().await;
 }
