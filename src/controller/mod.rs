@@ -17,6 +17,8 @@
 //! are left as they are (see [`orphaned`]).
 
 pub mod act;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod pending;
 pub mod plan;
 pub mod reconcile;
