@@ -286,3 +286,154 @@ fn notify(
     });
 }
 
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::json;
+    use tower_test::mock;
+
+    use super::*;
+    use crate::controller::fixtures::{self, NAMESPACE, RESOURCE_VERSION};
+    use crate::rollout::{Phase, Reason};
+
+    /// Longest wait for the mock API server's next request.
+    const MOCK_WAIT: Duration = Duration::from_secs(5);
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+    /// The promote commit of the fixture rollout: one write, one pending Event.
+    fn promote() -> (Observed, CommitPlan, Pending) {
+        let o = fixtures::in_flight();
+        let event = Action::Event {
+            kind: EventKind::Normal,
+            reason: Reason::AnalysisPassed,
+            message: String::from("passed"),
+        };
+        let next = RolloutState {
+            phase: Phase::Promoting,
+            revision: Some(fixtures::hash_of("v2")),
+            stable_hash: Some(fixtures::hash_of("v1")),
+            ..RolloutState::default()
+        };
+        let actions = [
+            event.clone(),
+            Action::Promote {
+                template_hash: fixtures::hash_of("v2"),
+            },
+        ];
+        let plan = plan::plan_commit(&o, &next, &actions, None);
+        (o, plan, Pending::new(vec![event]))
+    }
+
+    /// Takes the next request, which must be the update of the target on
+    /// the observed resourceVersion, and answers it with `status` and `body`
+    /// (`None`: the object as written). Returns the object written.
+    async fn answer_update(
+        handle: &mut Handle,
+        status: StatusCode,
+        body: Option<serde_json::Value>,
+    ) -> Deployment {
+        let (request, send) = tokio::time::timeout(MOCK_WAIT, handle.next_request())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.method(), http::Method::PUT);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/apps/v1/namespaces/prod/deployments/web"
+        );
+        assert!(
+            request
+                .uri()
+                .query()
+                .is_some_and(|q| q.contains("fieldManager=canaryd")),
+            "{}",
+            request.uri()
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let written: Deployment = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            written.metadata.resource_version.as_deref(),
+            Some(RESOURCE_VERSION)
+        );
+        let body = body.unwrap_or_else(|| serde_json::to_value(&written).unwrap());
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        send.send_response(response);
+        written
+    }
+
+    /// Waits until the client is gone; fails on any further request.
+    async fn no_more_requests(mut handle: Handle) {
+        let next = tokio::time::timeout(MOCK_WAIT, handle.next_request()).await;
+        assert!(
+            matches!(next, Ok(None)),
+            "unexpected request: {:?}",
+            next.map(|r| r.map(|(req, _)| req.uri().clone()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_the_commit_is_reported_and_nothing_else_is_written() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NAMESPACE);
+        let (o, plan, _) = promote();
+        let server = tokio::spawn(async move {
+            let conflict = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": "Conflict", "code": 409,
+                "message": "Operation cannot be fulfilled on deployments.apps \"web\": the object has been modified"
+            });
+            answer_update(&mut handle, StatusCode::CONFLICT, Some(conflict)).await;
+            no_more_requests(handle).await;
+        });
+        let result = execute(&client, &o.deployment, plan).await;
+        drop(client);
+        server.await.unwrap();
+        match result {
+            Err(Error::Conflict { name }) => assert_eq!(name, "prod/web"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_written_commit_returns_its_pending_list() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NAMESPACE);
+        let (o, plan, pending) = promote();
+        let expected = plan.write.clone().unwrap().onto(&o.deployment);
+        let server = tokio::spawn(async move {
+            let written = answer_update(&mut handle, StatusCode::OK, None).await;
+            no_more_requests(handle).await;
+            written
+        });
+        let result = execute(&client, &o.deployment, plan).await;
+        drop(client);
+        let written = server.await.unwrap();
+        assert_eq!(result.unwrap(), Some(pending));
+        assert_eq!(written, expected);
+        assert!(!target::is_paused(&written));
+    }
+
+    #[tokio::test]
+    async fn a_commit_without_changes_writes_nothing() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NAMESPACE);
+        let o = fixtures::in_flight();
+        let plan = CommitPlan {
+            write: None,
+            pending: None,
+            notes: vec![],
+        };
+        let server = tokio::spawn(no_more_requests(handle));
+        let result = execute(&client, &o.deployment, plan).await;
+        drop(client);
+        server.await.unwrap();
+        assert_eq!(result.unwrap(), None);
+    }
+}
