@@ -5,14 +5,16 @@
 //! in the engine's order, and are idempotent so a restarted daemon can
 //! repeat them.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use kube::Resource;
+use kube::{Client, Resource};
 
 use super::pending::Pending;
-use super::{schedule, Context, REPORTER};
+use super::plan::{self, CommitNote, CommitPlan};
+use super::{Context, REPORTER};
 use crate::k8s::router;
 use crate::k8s::target::{self, Arm, Observed};
 use crate::policy::{Policy, Strategy};
@@ -22,23 +24,10 @@ use crate::{Error, Result};
 /// Longest Event note the API accepts (1 kB).
 pub const MAX_EVENT_NOTE: usize = 1024;
 
-/// Whether an action changes something other than the target Deployment.
-fn is_external(action: &Action) -> bool {
-    !matches!(
-        action,
-        Action::Promote { .. }
-            | Action::RestoreStable { .. }
-            | Action::MarkFailedRevision { .. }
-            | Action::ClearApproval
-            | Action::ClearAbort
-    )
-}
-
 /// Writes the next state, the target-side actions, the pause flag and the
-/// pending list in one update preconditioned on the observed resourceVersion.
-/// `failing` is a pending list that keeps failing: whatever the engine
-/// decided replaces it (see [`Pending::superseded_by`]); with no decision it
-/// stays. Returns the new list to carry out, if there is one.
+/// pending list in one update preconditioned on the observed resourceVersion
+/// (planned by [`plan::plan_commit`], which says what `failing` does).
+/// Returns the new list to carry out, if there is one.
 pub async fn commit(
     ctx: &Context,
     policy: &Policy,
@@ -47,92 +36,44 @@ pub async fn commit(
     actions: &[Action],
     failing: Option<&Pending>,
 ) -> Result<Option<Pending>> {
-    let mut d = observed.deployment.clone();
-    let mut changed = false;
-    for action in actions {
-        changed |= match action {
-            Action::RestoreStable {
-                template_hash,
-                replacing,
-            } => {
-                match observed.templates.get(template_hash) {
-                    Some(stable) => target::restore_template(&mut d, stable, replacing),
-                    None => {
-                        // Without the ReplicaSet there is nothing to restore;
-                        // the engine reports RollbackStalled at its deadline.
-                        let err = Error::MissingTemplate {
-                            name: target::full_name(&d),
-                            hash: template_hash.clone(),
-                        };
-                        tracing::warn!(service = %policy.service, error = %err, "Cannot restore.");
-                        false
-                    }
-                }
+    let plan = plan::plan_commit(observed, next, actions, failing);
+    log_plan(policy, observed, &plan);
+    execute(&ctx.client, &observed.deployment, plan).await
+}
+
+/// Logs what the plan could not do and the pause flag it sets.
+fn log_plan(policy: &Policy, observed: &Observed, plan: &CommitPlan) {
+    for note in &plan.notes {
+        match note {
+            CommitNote::MissingTemplate { hash } => {
+                let err = Error::MissingTemplate {
+                    name: target::full_name(&observed.deployment),
+                    hash: hash.clone(),
+                };
+                tracing::warn!(service = %policy.service, error = %err, "Cannot restore.");
             }
-            Action::MarkFailedRevision { hash } => target::set_annotation(
-                &mut d,
-                target::FAILED_REVISION_ANNOTATION,
-                Some(hash.clone()),
-            ),
-            Action::ClearApproval => {
-                target::set_annotation(&mut d, target::APPROVE_ANNOTATION, None)
-            }
-            Action::ClearAbort => target::set_annotation(&mut d, target::ABORT_ANNOTATION, None),
-            // Resuming follows from the phase (see `schedule::want_paused`).
-            _ => false,
-        };
-    }
-    // An abort is only honoured in flight; a stale one would abort the next rollout.
-    if next.phase.is_resting() {
-        changed |= target::set_annotation(&mut d, target::ABORT_ANNOTATION, None);
-    }
-    // Writing an annotation bumps a Deployment's generation (the controller
-    // copies annotations to ReplicaSets), which the engine records: a change
-    // of `observed_generation` alone is not worth a write, or each write
-    // would cause the next.
-    let stored = target::annotation(&d, target::STATE_ANNOTATION)
-        .and_then(|t| RolloutState::from_json(t).ok());
-    let unchanged = stored.is_some_and(|mut s| {
-        s.observed_generation = next.observed_generation;
-        s == *next
-    });
-    if !unchanged {
-        changed |= target::set_annotation(&mut d, target::STATE_ANNOTATION, Some(next.to_json()));
-    }
-    let external: Vec<Action> = actions.iter().filter(|a| is_external(a)).cloned().collect();
-    let pending = match failing {
-        Some(_) if actions.is_empty() => None,
-        Some(old) => Some(old.superseded_by(&external)),
-        None => Some(external),
-    }
-    .map(Pending::new);
-    match &pending {
-        Some(p) if !p.actions.is_empty() => {
-            let text = p.to_json();
-            changed |= target::set_annotation(&mut d, target::PENDING_ANNOTATION, Some(text));
         }
-        Some(_) => changed |= target::set_annotation(&mut d, target::PENDING_ANNOTATION, None),
-        None => {}
     }
-    let desired = target::desired_hash(&d);
-    let paused = schedule::want_paused(
-        next,
-        &desired,
-        observed.rolled_out && desired == observed.target.desired_hash,
-        !observed.templates.is_empty(),
-    );
-    if target::set_paused(&mut d, paused) {
+    if let Some(paused) = plan.write.as_ref().and_then(|w| w.paused) {
         tracing::info!(service = %policy.service, paused, "Setting spec.paused.");
-        changed = true;
     }
-    if changed {
-        target::update_target(&ctx.client, &d).await?;
+}
+
+/// Performs `plan`'s write on `observed` (if it has one) and returns its
+/// pending list; a 409 is [`Error::Conflict`] and nothing is acted on.
+pub async fn execute(
+    client: &Client,
+    observed: &Deployment,
+    plan: CommitPlan,
+) -> Result<Option<Pending>> {
+    if let Some(write) = &plan.write {
+        target::update_target(client, &write.onto(observed)).await?;
     }
-    Ok(pending.filter(|p| !p.actions.is_empty()))
+    Ok(plan.pending)
 }
 
 /// Whether the stored pending list is `expected`'s (same actions).
-fn holds(d: &k8s_openapi::api::apps::v1::Deployment, expected: &Pending) -> bool {
+fn holds(d: &Deployment, expected: &Pending) -> bool {
     target::annotation(d, target::PENDING_ANNOTATION)
         .and_then(|t| Pending::parse(t).ok())
         .is_some_and(|p| p.actions == expected.actions)
@@ -343,4 +284,156 @@ fn notify(
         };
         crate::daemon::notifier::post_all(crate::daemon::notifier::client(), &policy, &note).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::json;
+    use tower_test::mock;
+
+    use super::*;
+    use crate::controller::fixtures::{self, NAMESPACE, RESOURCE_VERSION};
+    use crate::rollout::{Phase, Reason};
+
+    /// Longest wait for the mock API server's next request.
+    const MOCK_WAIT: Duration = Duration::from_secs(5);
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+    /// The promote commit of the fixture rollout: one write, one pending Event.
+    fn promote() -> (Observed, CommitPlan, Pending) {
+        let o = fixtures::in_flight();
+        let event = Action::Event {
+            kind: EventKind::Normal,
+            reason: Reason::AnalysisPassed,
+            message: String::from("passed"),
+        };
+        let next = RolloutState {
+            phase: Phase::Promoting,
+            revision: Some(fixtures::hash_of("v2")),
+            stable_hash: Some(fixtures::hash_of("v1")),
+            ..RolloutState::default()
+        };
+        let actions = [
+            event.clone(),
+            Action::Promote {
+                template_hash: fixtures::hash_of("v2"),
+            },
+        ];
+        let plan = plan::plan_commit(&o, &next, &actions, None);
+        (o, plan, Pending::new(vec![event]))
+    }
+
+    /// Takes the next request, which must be the update of the target on
+    /// the observed resourceVersion, and answers it with `status` and `body`
+    /// (`None`: the object as written). Returns the object written.
+    async fn answer_update(
+        handle: &mut Handle,
+        status: StatusCode,
+        body: Option<serde_json::Value>,
+    ) -> Deployment {
+        let (request, send) = tokio::time::timeout(MOCK_WAIT, handle.next_request())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.method(), http::Method::PUT);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/apps/v1/namespaces/prod/deployments/web"
+        );
+        assert!(
+            request
+                .uri()
+                .query()
+                .is_some_and(|q| q.contains("fieldManager=canaryd")),
+            "{}",
+            request.uri()
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let written: Deployment = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            written.metadata.resource_version.as_deref(),
+            Some(RESOURCE_VERSION)
+        );
+        let body = body.unwrap_or_else(|| serde_json::to_value(&written).unwrap());
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        send.send_response(response);
+        written
+    }
+
+    /// Waits until the client is gone; fails on any further request.
+    async fn no_more_requests(mut handle: Handle) {
+        let next = tokio::time::timeout(MOCK_WAIT, handle.next_request()).await;
+        assert!(
+            matches!(next, Ok(None)),
+            "unexpected request: {:?}",
+            next.map(|r| r.map(|(req, _)| req.uri().clone()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_the_commit_is_reported_and_nothing_else_is_written() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NAMESPACE);
+        let (o, plan, _) = promote();
+        let server = tokio::spawn(async move {
+            let conflict = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": "Conflict", "code": 409,
+                "message": "Operation cannot be fulfilled on deployments.apps \"web\": the object has been modified"
+            });
+            answer_update(&mut handle, StatusCode::CONFLICT, Some(conflict)).await;
+            no_more_requests(handle).await;
+        });
+        let result = execute(&client, &o.deployment, plan).await;
+        drop(client);
+        server.await.unwrap();
+        match result {
+            Err(Error::Conflict { name }) => assert_eq!(name, "prod/web"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_written_commit_returns_its_pending_list() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NAMESPACE);
+        let (o, plan, pending) = promote();
+        let expected = plan.write.clone().unwrap().onto(&o.deployment);
+        let server = tokio::spawn(async move {
+            let written = answer_update(&mut handle, StatusCode::OK, None).await;
+            no_more_requests(handle).await;
+            written
+        });
+        let result = execute(&client, &o.deployment, plan).await;
+        drop(client);
+        let written = server.await.unwrap();
+        assert_eq!(result.unwrap(), Some(pending));
+        assert_eq!(written, expected);
+        assert!(!target::is_paused(&written));
+    }
+
+    #[tokio::test]
+    async fn a_commit_without_changes_writes_nothing() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NAMESPACE);
+        let o = fixtures::in_flight();
+        let plan = CommitPlan {
+            write: None,
+            pending: None,
+            notes: vec![],
+        };
+        let server = tokio::spawn(no_more_requests(handle));
+        let result = execute(&client, &o.deployment, plan).await;
+        drop(client);
+        server.await.unwrap();
+        assert_eq!(result.unwrap(), None);
+    }
 }

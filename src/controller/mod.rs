@@ -4,6 +4,7 @@
 //! - [`reconcile`]: the pass over one target (and the commit protocol).
 //! - [`act`]: carries out the engine's actions through [`crate::k8s::target`] and
 //!   [`crate::k8s::router`], and publishes Events.
+//! - [`plan`]: what the commit writes and leaves pending (pure).
 //! - [`window`]: closes an observation window through the policy's metric source.
 //! - [`record`]: the status board and canaryd's own metrics.
 //! - [`schedule`]: when to look again and whether the target is paused (pure).
@@ -16,7 +17,10 @@
 //! are left as they are (see [`orphaned`]).
 
 pub mod act;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod pending;
+pub mod plan;
 pub mod reconcile;
 pub mod record;
 pub mod schedule;

@@ -8,6 +8,8 @@
 //! list is cleared. A daemon killed in between finds the list on restart and
 //! finishes it before deciding anything new; a 409 means nothing was acted
 //! on, and the pass starts over from a fresh read.
+//! What the update holds and what it leaves pending is planned without I/O
+//! by [`super::plan::plan_commit`]; [`act::commit`] only performs it.
 
 use std::sync::Arc;
 use std::time::Instant;
