@@ -127,7 +127,7 @@ pub fn parse_document(text: &str) -> Result<Document, Error> {
             }
             s
         }
-        None => 60.0,
+        None => crate::policy::defaults::DEFAULT_INTERVAL.as_secs_f64(),
     };
     let mode = match opt_field(&root, "mode").map(|v| (v, v.as_str())) {
         None | Some((_, Some("sequential"))) => JudgeMode::Sequential,
@@ -146,8 +146,11 @@ pub fn parse_document(text: &str) -> Result<Document, Error> {
                     None => Ok(default),
                 }
             };
-            let pass_score = score("passScore", 95.0)?;
-            let marginal_score = score("marginalScore", 75.0)?;
+            let pass_score = score("passScore", crate::policy::defaults::DEFAULT_PASS_SCORE)?;
+            let marginal_score = score(
+                "marginalScore",
+                crate::policy::defaults::DEFAULT_MARGINAL_SCORE,
+            )?;
             if marginal_score > pass_score {
                 return Err(err("classic.marginalScore", "must not exceed passScore"));
             }

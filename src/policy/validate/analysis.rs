@@ -9,9 +9,10 @@ use super::durations::duration;
 use super::metrics::validate_metrics;
 use super::names::{http_url, non_empty};
 use super::scalars::{number_where, one_of};
-use super::{
-    missing, Ctx, DEFAULT_ALPHA, DEFAULT_MARGINAL_SCORE, DEFAULT_MIN_REQUESTS_PER_STEP,
-    DEFAULT_PASS_SCORE,
+use super::{missing, Ctx};
+use crate::policy::defaults::{
+    DEFAULT_ALPHA, DEFAULT_MARGINAL_SCORE, DEFAULT_MAX_DURATION_FACTOR,
+    DEFAULT_MIN_REQUESTS_PER_STEP, DEFAULT_ON_NO_DATA, DEFAULT_PASS_SCORE,
 };
 use crate::policy::raw::*;
 use crate::policy::types::*;
@@ -33,7 +34,7 @@ pub(super) fn validate_analysis(
         Some(p) => validate_prometheus(ctx, p),
     };
     let max_duration = match (&a.max_duration, observe_total) {
-        (None, Some(total)) => Some(total * 3),
+        (None, Some(total)) => Some(total * DEFAULT_MAX_DURATION_FACTOR),
         (None, None) => None,
         (Some(v), total) => {
             let d = duration(ctx, v, "analysis.maxDuration");
@@ -65,7 +66,7 @@ pub(super) fn validate_analysis(
         ),
     };
     let on_no_data = match &a.on_no_data {
-        None => Some(OnNoData::Hold),
+        None => Some(DEFAULT_ON_NO_DATA),
         Some(v) => one_of(
             ctx,
             v,

@@ -5,6 +5,10 @@ use serde_saphyr::Spanned;
 use super::names::non_empty;
 use super::scalars::{bool_or, number, number_where, one_of};
 use super::{missing, Ctx, MAX_METRIC_NAME_BYTES};
+use crate::policy::defaults::{
+    DEFAULT_CRITICAL, DEFAULT_DIRECTION, DEFAULT_ERRORS_MIN_EFFECT, DEFAULT_METRIC_WEIGHT,
+    DEFAULT_MIN_EFFECT,
+};
 use crate::policy::raw::*;
 use crate::policy::types::*;
 use crate::policy::values::*;
@@ -145,7 +149,7 @@ pub(super) fn validate_metric(
         }
     }
     let direction = match &m.direction {
-        None => Some(Direction::Increase),
+        None => Some(DEFAULT_DIRECTION),
         Some(d) => one_of(
             ctx,
             d,
@@ -157,13 +161,17 @@ pub(super) fn validate_metric(
             ],
         ),
     };
-    let default_effect = if kind == Some(K::Errors) { 0.5 } else { 0.1 };
+    let default_effect = if kind == Some(K::Errors) {
+        DEFAULT_ERRORS_MIN_EFFECT
+    } else {
+        DEFAULT_MIN_EFFECT
+    };
     let min_effect = match &m.min_effect {
         None => Some(default_effect),
         Some(v) => number_where(ctx, v, &join(path, "minEffect"), |x| x > 0.0, "above 0"),
     };
     let weight = match &m.weight {
-        None => Some(1.0),
+        None => Some(DEFAULT_METRIC_WEIGHT),
         Some(v) => number_where(ctx, v, &join(path, "weight"), |x| x > 0.0, "above 0"),
     };
     let bounds = match &m.bounds {
@@ -189,7 +197,7 @@ pub(super) fn validate_metric(
         kind,
         direction: direction?,
         bounds: bounds?,
-        critical: bool_or(&m.critical, false),
+        critical: bool_or(&m.critical, DEFAULT_CRITICAL),
         min_effect: min_effect?,
         weight: weight?,
     })

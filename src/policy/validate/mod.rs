@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
+use super::defaults::{DEFAULT_INTERVAL, DEFAULT_PROGRESS_DEADLINE};
 use super::error::{PolicyError, PolicyErrors};
 use super::raw::*;
 use super::tree::Node;
@@ -28,20 +29,8 @@ use scalars::one_of;
 use strategy::{total_observe, validate_strategy};
 use traffic::validate_traffic;
 
-/// Defaults documented in docs/policy.md.
-const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Shortest `analysis.interval`.
 const MIN_INTERVAL: Duration = Duration::from_secs(5);
-const DEFAULT_KEEP_OLD_FOR: Duration = Duration::from_secs(600);
-const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(600);
-/// Default `analysis.alpha`: the rollout's whole false-rollback budget.
-pub const DEFAULT_ALPHA: f64 = 0.05;
-/// Default `analysis.minRequestsPerStep` when a metric counts requests: a
-/// step whose canary served fewer requests has not been tested by traffic.
-pub const DEFAULT_MIN_REQUESTS_PER_STEP: u64 = 50;
-const DEFAULT_PASS_SCORE: f64 = 95.0;
-const DEFAULT_MARGINAL_SCORE: f64 = 75.0;
-const DEFAULT_VERSION_LABEL: &str = "version";
 /// Longest metric name: names are keys in the rollout state and appear in
 /// every verdict reason.
 pub const MAX_METRIC_NAME_BYTES: usize = 63;

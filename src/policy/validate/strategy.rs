@@ -7,26 +7,13 @@ use serde_saphyr::Spanned;
 use super::durations::{duration_or, observe};
 use super::names::{check_name, required_name, NameRule};
 use super::scalars::bool_or;
-use super::{missing, Ctx, DEFAULT_KEEP_OLD_FOR, DEFAULT_VERSION_LABEL};
+use super::{missing, Ctx};
+use crate::policy::defaults::{
+    default_steps, DEFAULT_GATE, DEFAULT_KEEP_OLD_FOR, DEFAULT_VERSION_LABEL,
+};
 use crate::policy::raw::*;
 use crate::policy::types::*;
 use crate::policy::values::*;
-
-/// The classic plan: 1 pod for 10m, then 10%, 50%, 100% for 2m each.
-pub(crate) fn default_steps() -> Vec<Step> {
-    let step = |size, secs| Step {
-        size: Some(size),
-        weight: None,
-        observe: Duration::from_secs(secs),
-        gate: false,
-    };
-    vec![
-        step(CanarySize::Replicas(1), 600),
-        step(CanarySize::Percent(10.0), 120),
-        step(CanarySize::Percent(50.0), 120),
-        step(CanarySize::Percent(100.0), 120),
-    ]
-}
 
 pub(super) fn total_observe(s: &Strategy) -> Duration {
     match s {
@@ -243,7 +230,7 @@ pub(super) fn validate_canary(
                 size: size.map(|(s, _)| s),
                 weight: weight.map(|(w, _)| w),
                 observe,
-                gate: bool_or(&step.gate, false),
+                gate: bool_or(&step.gate, DEFAULT_GATE),
             });
         }
     }
@@ -296,7 +283,7 @@ pub(super) fn validate_blue_green(
         preview_service: preview?,
         version_label: label?,
         observe: observe?,
-        gate: bool_or(&b.gate, false),
+        gate: bool_or(&b.gate, DEFAULT_GATE),
         keep_old_for: keep?,
     })
 }
