@@ -10,6 +10,7 @@ use super::metrics::validate_metrics;
 use super::names::{http_url, non_empty};
 use super::scalars::{number_where, one_of};
 use super::{missing, Ctx};
+use crate::policy::defaults::DEFAULT_INTERVAL;
 use crate::policy::defaults::{
     DEFAULT_ALPHA, DEFAULT_MARGINAL_SCORE, DEFAULT_MAX_DURATION_FACTOR,
     DEFAULT_MIN_REQUESTS_PER_STEP, DEFAULT_ON_NO_DATA, DEFAULT_PASS_SCORE,
@@ -17,6 +18,9 @@ use crate::policy::defaults::{
 use crate::policy::raw::*;
 use crate::policy::types::*;
 use crate::policy::values::*;
+
+/// Shortest `analysis.interval`.
+const MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(super) fn validate_analysis(
     ctx: &mut Ctx<'_>,
@@ -33,28 +37,7 @@ pub(super) fn validate_analysis(
         }
         Some(p) => validate_prometheus(ctx, p),
     };
-    let max_duration = match (&a.max_duration, observe_total) {
-        (None, Some(total)) => Some(total * DEFAULT_MAX_DURATION_FACTOR),
-        (None, None) => None,
-        (Some(v), total) => {
-            let d = duration(ctx, v, "analysis.maxDuration");
-            match (d, total) {
-                (Some(d), Some(total)) if d < total => {
-                    ctx.err(
-                        v.referenced,
-                        "analysis.maxDuration",
-                        format!(
-                            "maxDuration {} is shorter than the {} the strategy observes in total",
-                            format_duration(d),
-                            format_duration(total)
-                        ),
-                    );
-                    None
-                }
-                (d, _) => d,
-            }
-        }
-    };
+    let max_duration = max_duration(ctx, a, observe_total);
     let alpha = match &a.alpha {
         None => Some(DEFAULT_ALPHA),
         Some(v) => number_where(
@@ -75,20 +58,7 @@ pub(super) fn validate_analysis(
         ),
     };
     let mode = validate_mode(ctx, a);
-    let metrics = match &a.metrics {
-        None => Some(crate::policy::default_metrics()),
-        Some(m) if m.value.is_empty() => {
-            ctx.err(
-                m.referenced,
-                "analysis.metrics",
-                "expected at least one metric; omit metrics to use the default errors and latency metrics",
-            );
-            None
-        }
-        Some(m) => {
-            validate_metrics(ctx, &m.value).filter(|specs| state_fits(ctx, m.referenced, specs))
-        }
-    };
+    let metrics = analysis_metrics(ctx, a);
     let min_requests_per_step = min_requests(ctx, a, metrics.as_deref());
     Some(Analysis {
         prometheus: prometheus?,
@@ -100,6 +70,81 @@ pub(super) fn validate_analysis(
         mode: mode?,
         metrics: metrics?,
     })
+}
+
+/// `analysis.interval`, which bounds every observe duration (so it is read
+/// before the strategy).
+pub(super) fn validate_interval(
+    ctx: &mut Ctx<'_>,
+    a: Option<&Spanned<RawAnalysis>>,
+) -> Option<Duration> {
+    match a.and_then(|a| a.value.interval.as_ref()) {
+        None => Some(DEFAULT_INTERVAL),
+        Some(v) => {
+            let d = duration(ctx, v, "analysis.interval");
+            match d {
+                Some(d) if d < MIN_INTERVAL => {
+                    ctx.err(
+                        v.referenced,
+                        "analysis.interval",
+                        format!("interval must be at least 5s, found {}", format_duration(d)),
+                    );
+                    None
+                }
+                d => d,
+            }
+        }
+    }
+}
+
+/// `analysis.maxDuration`: at least what the strategy observes in total, by
+/// default [`DEFAULT_MAX_DURATION_FACTOR`] times that.
+fn max_duration(
+    ctx: &mut Ctx<'_>,
+    a: &RawAnalysis,
+    observe_total: Option<Duration>,
+) -> Option<Duration> {
+    match (&a.max_duration, observe_total) {
+        (None, Some(total)) => Some(total * DEFAULT_MAX_DURATION_FACTOR),
+        (None, None) => None,
+        (Some(v), total) => {
+            let d = duration(ctx, v, "analysis.maxDuration");
+            match (d, total) {
+                (Some(d), Some(total)) if d < total => {
+                    ctx.err(
+                        v.referenced,
+                        "analysis.maxDuration",
+                        format!(
+                            "maxDuration {} is shorter than the {} the strategy observes in total",
+                            format_duration(d),
+                            format_duration(total)
+                        ),
+                    );
+                    None
+                }
+                (d, _) => d,
+            }
+        }
+    }
+}
+
+/// `analysis.metrics`: the default ones when left out, never an empty list,
+/// and few enough for the rollout state to fit.
+fn analysis_metrics(ctx: &mut Ctx<'_>, a: &RawAnalysis) -> Option<Vec<MetricSpec>> {
+    match &a.metrics {
+        None => Some(crate::policy::default_metrics()),
+        Some(m) if m.value.is_empty() => {
+            ctx.err(
+            m.referenced,
+            "analysis.metrics",
+            "expected at least one metric; omit metrics to use the default errors and latency metrics",
+        );
+            None
+        }
+        Some(m) => {
+            validate_metrics(ctx, &m.value).filter(|specs| state_fits(ctx, m.referenced, specs))
+        }
+    }
 }
 
 /// Whether the worst-case rollout state for these metrics fits in

@@ -1,6 +1,6 @@
 //! `analysis.metrics`: metric names, kinds, query templates and bounds.
 
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
 use super::names::non_empty;
 use super::scalars::{bool_or, number, number_where, one_of};
@@ -89,12 +89,6 @@ pub(super) fn validate_metric(
         }
         Some(n) => metric_name(ctx, n, &join(path, "name")),
     };
-    #[derive(Clone, Copy, PartialEq)]
-    enum K {
-        Errors,
-        Latency,
-        Gauge,
-    }
     let kind = match &m.kind {
         None => {
             missing(ctx, at, &join(path, "kind"), "errors, latency or gauge");
@@ -105,49 +99,13 @@ pub(super) fn validate_metric(
             k,
             &join(path, "kind"),
             &[
-                ("errors", K::Errors),
-                ("latency", K::Latency),
-                ("gauge", K::Gauge),
+                ("errors", Kind::Errors),
+                ("latency", Kind::Latency),
+                ("gauge", Kind::Gauge),
             ],
         ),
     };
-    // Which query fields each kind uses, so stray ones are reported.
-    let fields: [(&str, &Option<Spanned<String>>, K, &str); 4] = [
-        ("errors", &m.errors, K::Errors, "the error-count query"),
-        ("total", &m.total, K::Errors, "the request-count query"),
-        (
-            "buckets",
-            &m.buckets,
-            K::Latency,
-            "the histogram bucket query",
-        ),
-        ("query", &m.query, K::Gauge, "the gauge query"),
-    ];
-    let mut templates: Vec<Option<Template>> = Vec::new();
-    if let Some(kind) = kind {
-        let kind_name = m.kind.as_ref().map_or("", |k| k.value.as_str());
-        for (field, value, owner, what) in fields {
-            let p = join(path, field);
-            match (value, owner == kind) {
-                (Some(v), true) => templates.push(template(ctx, v, &p)),
-                (None, true) => {
-                    missing(ctx, at, &p, &format!("{what}, needed by kind {kind_name}"));
-                    templates.push(None);
-                }
-                (Some(v), false) => {
-                    ctx.err(
-                        v.referenced,
-                        p,
-                        format!(
-                            "{field} is not used by kind {kind_name}; remove it or change the kind"
-                        ),
-                    );
-                    templates.push(None);
-                }
-                (None, false) => {}
-            }
-        }
-    }
+    let templates = kind.map(|kind| metric_templates(ctx, m, at, path, kind));
     let direction = match &m.direction {
         None => Some(DEFAULT_DIRECTION),
         Some(d) => one_of(
@@ -161,7 +119,7 @@ pub(super) fn validate_metric(
             ],
         ),
     };
-    let default_effect = if kind == Some(K::Errors) {
+    let default_effect = if kind == Some(Kind::Errors) {
         DEFAULT_ERRORS_MIN_EFFECT
     } else {
         DEFAULT_MIN_EFFECT
@@ -178,29 +136,87 @@ pub(super) fn validate_metric(
         None => Some(None),
         Some(b) => validate_bounds(ctx, b, &join(path, "bounds")).map(Some),
     };
-
-    let kind = match (kind?, templates.as_slice()) {
-        (K::Errors, [Some(errors), Some(total)]) => MetricKind::Errors {
-            errors: errors.clone(),
-            total: total.clone(),
-        },
-        (K::Latency, [Some(buckets)]) => MetricKind::Latency {
-            buckets: buckets.clone(),
-        },
-        (K::Gauge, [Some(query)]) => MetricKind::Gauge {
-            query: query.clone(),
-        },
-        _ => return None,
-    };
     Some(MetricSpec {
         name: name?,
-        kind,
+        kind: metric_kind(kind?, &templates?)?,
         direction: direction?,
         bounds: bounds?,
         critical: bool_or(&m.critical, DEFAULT_CRITICAL),
         min_effect: min_effect?,
         weight: weight?,
     })
+}
+
+/// A metric's `kind` as written, before its queries are checked.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Errors,
+    Latency,
+    Gauge,
+}
+
+/// The query templates `kind` uses, in field order (`None` for one missing
+/// or invalid); a query field of another kind is reported as stray.
+fn metric_templates(
+    ctx: &mut Ctx<'_>,
+    m: &RawMetric,
+    at: Location,
+    path: &str,
+    kind: Kind,
+) -> Vec<Option<Template>> {
+    // Which query fields each kind uses, so stray ones are reported.
+    let fields: [(&str, &Option<Spanned<String>>, Kind, &str); 4] = [
+        ("errors", &m.errors, Kind::Errors, "the error-count query"),
+        ("total", &m.total, Kind::Errors, "the request-count query"),
+        (
+            "buckets",
+            &m.buckets,
+            Kind::Latency,
+            "the histogram bucket query",
+        ),
+        ("query", &m.query, Kind::Gauge, "the gauge query"),
+    ];
+    let mut templates: Vec<Option<Template>> = Vec::new();
+    let kind_name = m.kind.as_ref().map_or("", |k| k.value.as_str());
+    for (field, value, owner, what) in fields {
+        let p = join(path, field);
+        match (value, owner == kind) {
+            (Some(v), true) => templates.push(template(ctx, v, &p)),
+            (None, true) => {
+                missing(ctx, at, &p, &format!("{what}, needed by kind {kind_name}"));
+                templates.push(None);
+            }
+            (Some(v), false) => {
+                ctx.err(
+                    v.referenced,
+                    p,
+                    format!(
+                        "{field} is not used by kind {kind_name}; remove it or change the kind"
+                    ),
+                );
+                templates.push(None);
+            }
+            (None, false) => {}
+        }
+    }
+    templates
+}
+
+/// The typed kind, when every template it needs is valid.
+fn metric_kind(kind: Kind, templates: &[Option<Template>]) -> Option<MetricKind> {
+    match (kind, templates) {
+        (Kind::Errors, [Some(errors), Some(total)]) => Some(MetricKind::Errors {
+            errors: errors.clone(),
+            total: total.clone(),
+        }),
+        (Kind::Latency, [Some(buckets)]) => Some(MetricKind::Latency {
+            buckets: buckets.clone(),
+        }),
+        (Kind::Gauge, [Some(query)]) => Some(MetricKind::Gauge {
+            query: query.clone(),
+        }),
+        _ => None,
+    }
 }
 
 pub(super) fn validate_bounds(

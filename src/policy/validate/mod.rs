@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::defaults::{DEFAULT_INTERVAL, DEFAULT_PROGRESS_DEADLINE};
+use super::defaults::DEFAULT_PROGRESS_DEADLINE;
 use super::error::{PolicyError, PolicyErrors};
 use super::raw::*;
 use super::tree::Node;
 use super::types::*;
-use super::values::*;
 
 mod alerts;
 mod analysis;
@@ -22,15 +21,12 @@ mod strategy;
 mod traffic;
 
 use alerts::{validate_alerts, validate_notifications};
-use analysis::validate_analysis;
-use durations::{duration, duration_or};
+use analysis::{validate_analysis, validate_interval};
+use durations::duration_or;
 use names::{derived_fits, required_name, NameRule, BASELINE_RS_SUFFIX};
-use scalars::one_of;
-use strategy::{total_observe, validate_strategy};
+use strategy::{total_observe, validate_baseline, validate_strategy};
 use traffic::validate_traffic;
 
-/// Shortest `analysis.interval`.
-const MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest metric name: names are keys in the rollout state and appear in
 /// every verdict reason.
 pub const MAX_METRIC_NAME_BYTES: usize = 63;
@@ -116,21 +112,7 @@ pub(crate) fn validate(
 
     let service = required_name(&mut ctx, &r.service, top, "service", NameRule::Label);
     let namespace = required_name(&mut ctx, &r.namespace, top, "namespace", NameRule::Label);
-    let deployment = required_name(
-        &mut ctx,
-        &r.deployment,
-        top,
-        "deployment",
-        NameRule::Subdomain,
-    )
-    .filter(|_| {
-        derived_fits(
-            &mut ctx,
-            r.deployment.as_ref(),
-            "deployment",
-            BASELINE_RS_SUFFIX,
-        )
-    });
+    let deployment = deployment_name(&mut ctx, r, top);
     let progress_deadline = duration_or(
         &mut ctx,
         &r.progress_deadline,
@@ -141,51 +123,12 @@ pub(crate) fn validate(
 
     // The interval bounds every observe duration, so read it before the strategy.
     let analysis_raw = r.analysis.as_ref();
-    let interval = match analysis_raw.and_then(|a| a.value.interval.as_ref()) {
-        None => Some(DEFAULT_INTERVAL),
-        Some(v) => {
-            let d = duration(&mut ctx, v, "analysis.interval");
-            match d {
-                Some(d) if d < MIN_INTERVAL => {
-                    ctx.err(
-                        v.referenced,
-                        "analysis.interval",
-                        format!("interval must be at least 5s, found {}", format_duration(d)),
-                    );
-                    None
-                }
-                d => d,
-            }
-        }
-    };
+    let interval = validate_interval(&mut ctx, analysis_raw);
 
     let strategy = validate_strategy(&mut ctx, &r.strategy, traffic.as_ref(), interval);
     let observe_total = strategy.as_ref().map(|s| total_observe(&s.0));
-    // Blue-green never creates baseline pods: it compares with the stable ones.
     let blue_green = matches!(strategy, Some((Strategy::BlueGreen(_), _)));
-    let baseline = match &r.baseline {
-        None if blue_green => Some(BaselineMode::Stable),
-        None => Some(BaselineMode::Fresh),
-        Some(b) => match one_of(
-            &mut ctx,
-            b,
-            "baseline",
-            &[
-                ("fresh", BaselineMode::Fresh),
-                ("stable", BaselineMode::Stable),
-            ],
-        ) {
-            Some(BaselineMode::Fresh) if blue_green => {
-                ctx.err(
-                    b.referenced,
-                    "baseline",
-                    "blue-green creates no baseline pods; use stable (the default for blue-green)",
-                );
-                None
-            }
-            mode => mode,
-        },
-    };
+    let baseline = validate_baseline(&mut ctx, &r.baseline, blue_green);
 
     let analysis = match analysis_raw {
         None => {
@@ -197,44 +140,22 @@ pub(crate) fn validate(
     let alerts = validate_alerts(&mut ctx, &r.alerts);
     let notifications = validate_notifications(&mut ctx, &r.notifications);
 
-    let deployment_at = r.deployment.as_ref().map_or(top, |d| d.referenced);
-    match (
+    let sections = Sections {
         service,
         namespace,
         deployment,
         progress_deadline,
         baseline,
         traffic,
-        strategy,
+        strategy: strategy.map(|(s, _)| s),
         analysis,
         alerts,
         notifications,
-    ) {
-        (
-            Some(service),
-            Some(namespace),
-            Some(deployment),
-            Some(progress_deadline),
-            Some(baseline),
-            Some(traffic),
-            Some((strategy, _)),
-            Some(analysis),
-            Some(alerts),
-            Some(notifications),
-        ) if ctx.errors.is_empty() => Ok(Validated {
-            policy: Policy {
-                source: file.to_path_buf(),
-                service,
-                namespace,
-                deployment,
-                strategy,
-                traffic,
-                baseline,
-                progress_deadline,
-                analysis,
-                alerts,
-                notifications,
-            },
+    };
+    let deployment_at = r.deployment.as_ref().map_or(top, |d| d.referenced);
+    match sections.into_policy(file) {
+        Some(policy) if ctx.errors.is_empty() => Ok(Validated {
+            policy,
             deployment_at,
         }),
         _ => {
@@ -246,5 +167,45 @@ pub(crate) fn validate(
             }
             Err(PolicyErrors(errors))
         }
+    }
+}
+
+/// `deployment`: a Kubernetes name short enough for the baseline's
+/// ReplicaSet name derived from it.
+fn deployment_name(ctx: &mut Ctx<'_>, r: &RawPolicy, top: Location) -> Option<String> {
+    required_name(ctx, &r.deployment, top, "deployment", NameRule::Subdomain)
+        .filter(|_| derived_fits(ctx, r.deployment.as_ref(), "deployment", BASELINE_RS_SUFFIX))
+}
+
+/// Each section of a policy as validated (`None`: its errors are reported).
+struct Sections {
+    service: Option<String>,
+    namespace: Option<String>,
+    deployment: Option<String>,
+    progress_deadline: Option<Duration>,
+    baseline: Option<BaselineMode>,
+    traffic: Option<Traffic>,
+    strategy: Option<Strategy>,
+    analysis: Option<Analysis>,
+    alerts: Option<AlertPolicy>,
+    notifications: Option<Vec<Notification>>,
+}
+
+impl Sections {
+    /// The policy read from `source`, when every section is valid.
+    fn into_policy(self, source: &Path) -> Option<Policy> {
+        Some(Policy {
+            source: source.to_path_buf(),
+            service: self.service?,
+            namespace: self.namespace?,
+            deployment: self.deployment?,
+            strategy: self.strategy?,
+            traffic: self.traffic?,
+            baseline: self.baseline?,
+            progress_deadline: self.progress_deadline?,
+            analysis: self.analysis?,
+            alerts: self.alerts?,
+            notifications: self.notifications?,
+        })
     }
 }
