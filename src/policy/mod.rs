@@ -16,11 +16,14 @@ mod values;
 
 pub use defaults::{default_metrics, DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS_PER_STEP};
 pub use error::{PolicyError, PolicyErrors};
-pub use load::{load_file, load_paths, parse_str, MAX_POLICY_BYTES};
-pub(crate) use set::target_of;
+pub use load::{
+    is_policy_file_name, load_file, load_paths, load_validated, parse_str, parse_validated,
+    MAX_POLICY_BYTES,
+};
+pub(crate) use set::Claims;
 pub use set::{PolicySet, Target};
 pub use types::*;
-pub use validate::MAX_METRIC_NAME_BYTES;
+pub use validate::{Validated, MAX_METRIC_NAME_BYTES};
 pub use values::{window_increase_calls, WindowIncreaseCall, WINDOW_INCREASE};
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
-//! The policies in force: at most one per Deployment.
+//! The policies in force, and the rule that a Deployment has at most one
+//! policy: [`Claims`] decides it for `load_paths` and for the daemon's reload.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Policy;
+use serde_saphyr::Location;
+
+use super::validate::located;
+use super::{Policy, PolicyError};
 
 /// `(namespace, deployment)` a policy manages.
 pub type Target = (String, String);
@@ -56,12 +60,68 @@ impl PolicySet {
             .find(|p| p.namespace == namespace && p.deployment == deployment)
     }
 
+    /// The order in which the files of `proposed` claim their Deployments
+    /// when they replace this set: the files already holding their
+    /// Deployment here first, so a new file cannot take over a rollout in
+    /// progress, then the others by path.
+    pub(crate) fn claim_order<'a>(
+        &self,
+        proposed: &'a BTreeMap<PathBuf, Arc<Policy>>,
+    ) -> Vec<(&'a PathBuf, &'a Arc<Policy>)> {
+        let (holding, others): (Vec<_>, Vec<_>) = proposed.iter().partition(|(file, p)| {
+            self.by_file
+                .get(*file)
+                .is_some_and(|held| target_of(held) == target_of(p))
+        });
+        holding.into_iter().chain(others).collect()
+    }
+
     /// The policies keyed by the Deployment they manage.
     pub fn by_target(&self) -> BTreeMap<Target, Arc<Policy>> {
         self.by_file
             .values()
             .map(|p| (target_of(p), p.clone()))
             .collect()
+    }
+}
+
+/// The one-policy-per-Deployment rule. Claims are granted in the order they
+/// are made, so the caller's order decides which file keeps a Deployment:
+/// the first by path order (on a reload, after the files already holding
+/// theirs, see [`PolicySet::claim_order`]). A later claim is refused with an
+/// error at its `deployment` value naming the file that holds it.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    holders: BTreeMap<Target, PathBuf>,
+}
+
+impl Claims {
+    /// Grants `file`'s claim on `policy`'s Deployment, or refuses it with the
+    /// error at `deployment_at` when another file holds it.
+    pub(crate) fn claim(
+        &mut self,
+        file: &Path,
+        policy: &Policy,
+        deployment_at: Location,
+    ) -> Result<(), PolicyError> {
+        let target = target_of(policy);
+        match self.holders.get(&target) {
+            None => {
+                self.holders.insert(target, file.to_path_buf());
+                Ok(())
+            }
+            Some(holder) => Err(located(
+                file,
+                deployment_at,
+                "deployment",
+                format!(
+                    "Deployment {}/{} already has a policy in {}; expected one policy per Deployment",
+                    target.0,
+                    target.1,
+                    holder.display()
+                ),
+            )),
+        }
     }
 }
 

@@ -31,11 +31,14 @@ use traffic::validate_traffic;
 /// every verdict reason.
 pub const MAX_METRIC_NAME_BYTES: usize = 63;
 
-/// A validated policy and where its `deployment` value is, for duplicate checks
-/// across files.
-pub(crate) struct Validated {
+/// A validated policy and where its file names its Deployment, so that a
+/// second policy for that Deployment is reported there (see `set.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// The policy.
     pub policy: Policy,
-    pub deployment_at: Location,
+    /// Where the `deployment` value is (the top of the file when absent).
+    pub(crate) deployment_at: Location,
 }
 
 /// Collects errors for one file.
