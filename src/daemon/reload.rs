@@ -20,10 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use serde_saphyr::Location;
 use tokio::sync::{mpsc, watch};
 
 use crate::daemon::server::ServerState;
-use crate::policy::{load_file, Policy, PolicyError, PolicyErrors};
+use crate::policy::{
+    is_policy_file_name, load_validated, Claims, Policy, PolicyError, PolicyErrors, Validated,
+};
+pub use crate::policy::{PolicySet, Target};
 
 /// Full rescan interval: the backstop when a filesystem event is missed (or
 /// the watch could not be set up, e.g. inotify limits are exhausted).
@@ -32,74 +36,11 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 /// write, rename and chmod; the kubelet swaps several links) is one reload.
 pub const SETTLE_DELAY: Duration = Duration::from_millis(200);
 
-/// `(namespace, deployment)` a policy manages.
-pub type Target = (String, String);
-
-/// The valid policies in force, keyed by the file each came from.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PolicySet {
-    by_file: BTreeMap<PathBuf, Arc<Policy>>,
-}
-
-impl PolicySet {
-    /// A set of already validated policies, keyed by their `source`. A second
-    /// policy for the same file or Deployment is dropped (first one wins).
-    pub fn from_policies(policies: impl IntoIterator<Item = Policy>) -> Self {
-        let mut set = PolicySet::default();
-        let mut targets = BTreeSet::new();
-        for p in policies {
-            if !set.by_file.contains_key(&p.source) && targets.insert(target_of(&p)) {
-                set.by_file.insert(p.source.clone(), Arc::new(p));
-            }
-        }
-        set
-    }
-
-    /// Number of policies.
-    pub fn len(&self) -> usize {
-        self.by_file.len()
-    }
-
-    /// Whether no policy is in force.
-    pub fn is_empty(&self) -> bool {
-        self.by_file.is_empty()
-    }
-
-    /// The policies, in file name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Policy>> {
-        self.by_file.values()
-    }
-
-    /// The policy loaded from `file`.
-    pub fn in_file(&self, file: &Path) -> Option<&Arc<Policy>> {
-        self.by_file.get(file)
-    }
-
-    /// The policy managing `namespace/deployment`.
-    pub fn get(&self, namespace: &str, deployment: &str) -> Option<&Arc<Policy>> {
-        self.by_file
-            .values()
-            .find(|p| p.namespace == namespace && p.deployment == deployment)
-    }
-
-    /// The policies keyed by the Deployment they manage.
-    pub fn by_target(&self) -> BTreeMap<Target, Arc<Policy>> {
-        self.by_file
-            .values()
-            .map(|p| (target_of(p), p.clone()))
-            .collect()
-    }
-}
-
-fn target_of(p: &Policy) -> Target {
-    (p.namespace.clone(), p.deployment.clone())
-}
-
 /// What one read of the policy path found, file by file.
 #[derive(Debug, Clone, Default)]
 pub struct Scan {
     /// Every policy file found, with its load result.
-    pub files: BTreeMap<PathBuf, Result<Policy, PolicyErrors>>,
+    pub files: BTreeMap<PathBuf, Result<Validated, PolicyErrors>>,
     /// Set when the path itself could not be read. Nothing is removed then:
     /// an unreadable mount must not look like "every policy deleted".
     pub unreadable: Option<PolicyError>,
@@ -153,9 +94,14 @@ pub fn merge(current: &PolicySet, scan: Scan) -> Merged {
     let mut held: BTreeSet<PathBuf> = BTreeSet::new();
     let mut rejected: BTreeSet<PathBuf> = BTreeSet::new();
     let mut proposed: BTreeMap<PathBuf, Arc<Policy>> = BTreeMap::new();
+    let mut deployment_at: BTreeMap<PathBuf, Location> = BTreeMap::new();
     for (file, result) in scan.files {
         match result {
-            Ok(policy) => {
+            Ok(Validated {
+                policy,
+                deployment_at: at,
+            }) => {
+                deployment_at.insert(file.clone(), at);
                 // Unchanged content keeps the same Arc, so subscribers can compare cheaply.
                 let policy = match current.by_file.get(&file) {
                     Some(previous) if **previous == policy => previous.clone(),
@@ -180,6 +126,7 @@ pub fn merge(current: &PolicySet, scan: Scan) -> Merged {
     resolve_conflicts(
         current,
         &mut proposed,
+        &deployment_at,
         &mut held,
         &mut rejected,
         &mut errors,
@@ -213,57 +160,46 @@ pub fn merge(current: &PolicySet, scan: Scan) -> Merged {
     }
 }
 
-/// Leaves at most one proposed policy per Deployment. Each round, every
-/// conflict's loser falls back to its previous version (at most once per
-/// file, so this ends) or is dropped.
+/// Leaves at most one proposed policy per Deployment (the rule of
+/// [`Claims`], in [`PolicySet::claim_order`]). Each round, every conflict's
+/// loser falls back to its previous version (at most once per file, so this
+/// ends) or is dropped.
 fn resolve_conflicts(
     current: &PolicySet,
     proposed: &mut BTreeMap<PathBuf, Arc<Policy>>,
+    deployment_at: &BTreeMap<PathBuf, Location>,
     held: &mut BTreeSet<PathBuf>,
     rejected: &mut BTreeSet<PathBuf>,
     errors: &mut Vec<PolicyError>,
 ) {
-    let owner: BTreeMap<Target, &PathBuf> = current
-        .by_file
-        .iter()
-        .map(|(file, p)| (target_of(p), file))
-        .collect();
     loop {
-        let mut claims: BTreeMap<Target, Vec<PathBuf>> = BTreeMap::new();
-        for (file, p) in proposed.iter() {
-            claims.entry(target_of(p)).or_default().push(file.clone());
+        let mut claims = Claims::default();
+        let mut losers: Vec<PathBuf> = Vec::new();
+        for (file, p) in current.claim_order(proposed) {
+            // A loser is always a file loaded by this scan: a previous version
+            // is the one holding its Deployment.
+            let at = deployment_at
+                .get(file)
+                .copied()
+                .unwrap_or(Location::UNKNOWN);
+            if let Err(e) = claims.claim(file, p, at) {
+                errors.push(e);
+                losers.push(file.clone());
+            }
         }
         let mut fell_back = false;
-        for (target, files) in claims.into_iter().filter(|(_, f)| f.len() > 1) {
-            let winner = owner
-                .get(&target)
-                .filter(|o| files.contains(o))
-                .map_or(files[0].clone(), |o| (*o).clone());
-            for loser in files.iter().filter(|f| **f != winner) {
-                errors.push(PolicyError {
-                    file: loser.clone(),
-                    line: 0,
-                    column: 0,
-                    path: "deployment".into(),
-                    message: format!(
-                        "Deployment {}/{} already has a policy in {}; expected one policy per Deployment",
-                        target.0,
-                        target.1,
-                        winner.display()
-                    ),
-                });
-                let previous = current.by_file.get(loser);
-                match (previous, proposed.get(loser)) {
-                    (Some(previous), Some(now)) if previous != now => {
-                        proposed.insert(loser.clone(), previous.clone());
-                        held.insert(loser.clone());
-                        fell_back = true;
-                    }
-                    _ => {
-                        proposed.remove(loser);
-                        held.remove(loser);
-                        rejected.insert(loser.clone());
-                    }
+        for loser in &losers {
+            let previous = current.by_file.get(loser);
+            match (previous, proposed.get(loser)) {
+                (Some(previous), Some(now)) if previous != now => {
+                    proposed.insert(loser.clone(), previous.clone());
+                    held.insert(loser.clone());
+                    fell_back = true;
+                }
+                _ => {
+                    proposed.remove(loser);
+                    held.remove(loser);
+                    rejected.insert(loser.clone());
                 }
             }
         }
@@ -285,7 +221,7 @@ pub fn scan(path: &Path) -> Scan {
     };
     let mut files = BTreeMap::new();
     if !meta.is_dir() {
-        files.insert(path.to_path_buf(), load_file(path));
+        files.insert(path.to_path_buf(), load_validated(path));
         return Scan {
             files,
             unreadable: None,
@@ -301,21 +237,17 @@ pub fn scan(path: &Path) -> Scan {
             Err(e) => return unreadable(path, format!("cannot list directory: {e}")),
         };
         let file = entry.path();
-        let is_yaml = file
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e == "yaml" || e == "yml");
-        if !is_yaml {
+        if !is_policy_file_name(&file) {
             continue;
         }
         match std::fs::metadata(&file) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                files.insert(file.clone(), load_file(&file));
+                files.insert(file.clone(), load_validated(&file));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                let error = whole_file(&file, format!("cannot read file: {e}"));
+                let error = PolicyError::whole_file(&file, format!("cannot read file: {e}"));
                 files.insert(file, Err(error.into()));
             }
         }
@@ -326,20 +258,10 @@ pub fn scan(path: &Path) -> Scan {
     }
 }
 
-fn whole_file(file: &Path, message: String) -> PolicyError {
-    PolicyError {
-        file: file.to_path_buf(),
-        line: 0,
-        column: 0,
-        path: String::new(),
-        message,
-    }
-}
-
 fn unreadable(path: &Path, message: String) -> Scan {
     Scan {
         files: BTreeMap::new(),
-        unreadable: Some(whole_file(
+        unreadable: Some(PolicyError::whole_file(
             path,
             format!("{message}; the policies in force are kept"),
         )),
@@ -643,7 +565,7 @@ fn log_changes(merged: &Merged, errors_changed: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_str;
+    use crate::policy::parse_validated;
 
     fn yaml(service: &str, deployment: &str, observe: &str) -> String {
         format!(
@@ -664,9 +586,9 @@ alerts:
         )
     }
 
-    fn load(file: &str, text: &str) -> (PathBuf, Result<Policy, PolicyErrors>) {
+    fn load(file: &str, text: &str) -> (PathBuf, Result<Validated, PolicyErrors>) {
         let path = PathBuf::from(file);
-        let result = parse_str(text, &path);
+        let result = parse_validated(text, &path);
         (path, result)
     }
 
@@ -675,19 +597,19 @@ alerts:
         service: &str,
         deployment: &str,
         observe: &str,
-    ) -> (PathBuf, Result<Policy, PolicyErrors>) {
+    ) -> (PathBuf, Result<Validated, PolicyErrors>) {
         let loaded = load(file, &yaml(service, deployment, observe));
         assert!(loaded.1.is_ok(), "{:?}", loaded.1);
         loaded
     }
 
-    fn invalid(file: &str) -> (PathBuf, Result<Policy, PolicyErrors>) {
+    fn invalid(file: &str) -> (PathBuf, Result<Validated, PolicyErrors>) {
         let loaded = load(file, "service: broken\nbogus: 1\n");
         assert!(loaded.1.is_err());
         loaded
     }
 
-    fn scan_of(files: Vec<(PathBuf, Result<Policy, PolicyErrors>)>) -> Scan {
+    fn scan_of(files: Vec<(PathBuf, Result<Validated, PolicyErrors>)>) -> Scan {
         Scan {
             files: files.into_iter().collect(),
             unreadable: None,
@@ -839,7 +761,10 @@ alerts:
             &first.set,
             Scan {
                 files: BTreeMap::new(),
-                unreadable: Some(whole_file(Path::new("policies"), "cannot read".into())),
+                unreadable: Some(PolicyError::whole_file(
+                    Path::new("policies"),
+                    "cannot read",
+                )),
             },
         );
         assert_eq!(gone.set, first.set);
@@ -866,7 +791,7 @@ alerts:
         assert_eq!(second.changes, changes(&[("a.yaml", FileChange::Rejected)]));
         assert_eq!(
             second.errors[0].to_string(),
-            "a.yaml: deployment: Deployment default/shared already has a policy in z.yaml; \
+            "a.yaml:3:13: deployment: Deployment default/shared already has a policy in z.yaml; \
              expected one policy per Deployment"
         );
     }
@@ -930,8 +855,8 @@ alerts:
 
     #[test]
     fn from_policies_keeps_one_policy_per_deployment() {
-        let a = valid("a.yaml", "a", "shared", "1m").1.unwrap();
-        let b = valid("b.yaml", "b", "shared", "1m").1.unwrap();
+        let a = valid("a.yaml", "a", "shared", "1m").1.unwrap().policy;
+        let b = valid("b.yaml", "b", "shared", "1m").1.unwrap().policy;
         let set = PolicySet::from_policies([a, b]);
         assert_eq!(set.len(), 1);
         assert_eq!(set.iter().next().map(|p| p.service.as_str()), Some("a"));

@@ -151,7 +151,7 @@ pub fn parse_document(text: &str) -> Result<Document, Error> {
 /// `intervalSecs`: the window length in seconds (60 when absent).
 fn parse_interval(root: &Value) -> Result<f64, Error> {
     let Some(v) = opt_field(root, "intervalSecs") else {
-        return Ok(60.0);
+        return Ok(crate::policy::defaults::DEFAULT_INTERVAL.as_secs_f64());
     };
     let s = number(v, "intervalSecs")?;
     if s <= 0.0 || s > MAX_INTERVAL_SECS {
@@ -169,8 +169,13 @@ fn parse_mode(root: &Value) -> Result<JudgeMode, Error> {
         None | Some((_, Some("sequential"))) => Ok(JudgeMode::Sequential),
         Some((_, Some("classic"))) => {
             let c = opt_field(root, "classic");
-            let pass_score = parse_score(c, "passScore", 95.0)?;
-            let marginal_score = parse_score(c, "marginalScore", 75.0)?;
+            let pass_score =
+                parse_score(c, "passScore", crate::policy::defaults::DEFAULT_PASS_SCORE)?;
+            let marginal_score = parse_score(
+                c,
+                "marginalScore",
+                crate::policy::defaults::DEFAULT_MARGINAL_SCORE,
+            )?;
             if marginal_score > pass_score {
                 return Err(err("classic.marginalScore", "must not exceed passScore"));
             }

@@ -1,7 +1,7 @@
 //! Located policy errors: `file:line:column: field.path: message`.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One problem in a policy file, located precisely enough for an editor jump.
 ///
@@ -21,6 +21,19 @@ pub struct PolicyError {
     pub path: String,
     /// What is wrong, naming what was expected and what was found.
     pub message: String,
+}
+
+impl PolicyError {
+    /// A problem with a whole file or directory (line 0: no position shown).
+    pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
+        PolicyError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for PolicyError {

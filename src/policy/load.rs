@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter, Spanned};
 
 use super::error::{PolicyError, PolicyErrors};
+use super::set::Claims;
 use super::tree::Node;
 use super::types::Policy;
 use super::validate::{located, validate, Validated};
@@ -33,12 +34,15 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyErrors> {
     for p in paths {
         if p.is_dir() {
             match policy_files_in(p) {
-                Ok(found) if found.is_empty() => errors.push(whole_file(
+                Ok(found) if found.is_empty() => errors.push(PolicyError::whole_file(
                     p,
                     "no policy files (*.yaml, *.yml) in this directory",
                 )),
                 Ok(found) => files.extend(found),
-                Err(e) => errors.push(whole_file(p, format!("cannot list directory: {e}"))),
+                Err(e) => errors.push(PolicyError::whole_file(
+                    p,
+                    format!("cannot list directory: {e}"),
+                )),
             }
         } else {
             files.push(p.clone());
@@ -54,28 +58,13 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyErrors> {
     }
 
     let mut policies: Vec<Policy> = Vec::new();
+    let mut claims = Claims::default();
     for (_, f) in unique {
         match load_validated(&f) {
-            Ok(v) => {
-                let first = policies.iter().find(|p| {
-                    p.namespace == v.policy.namespace && p.deployment == v.policy.deployment
-                });
-                if let Some(first) = first {
-                    errors.push(located(
-                        &f,
-                        v.deployment_at,
-                        "deployment",
-                        format!(
-                            "Deployment {}/{} already has a policy in {}; expected one policy per Deployment",
-                            v.policy.namespace,
-                            v.policy.deployment,
-                            first.source.display()
-                        ),
-                    ));
-                } else {
-                    policies.push(v.policy);
-                }
-            }
+            Ok(v) => match claims.claim(&f, &v.policy, v.deployment_at) {
+                Ok(()) => policies.push(v.policy),
+                Err(e) => errors.push(e),
+            },
             Err(e) => errors.extend(e),
         }
     }
@@ -90,11 +79,7 @@ fn policy_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_yaml = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e == "yaml" || e == "yml");
-        if is_yaml && path.is_file() {
+        if is_policy_file_name(&path) && path.is_file() {
             out.push(path);
         }
     }
@@ -102,18 +87,15 @@ fn policy_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn whole_file(file: &Path, message: impl Into<String>) -> PolicyError {
-    PolicyError {
-        file: file.to_path_buf(),
-        line: 0,
-        column: 0,
-        path: String::new(),
-        message: message.into(),
-    }
+/// Whether a directory entry is read as a policy file: `*.yaml` or `*.yml`.
+pub fn is_policy_file_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e == "yaml" || e == "yml")
 }
 
 fn too_large(file: &Path, size: u64) -> PolicyError {
-    whole_file(
+    PolicyError::whole_file(
         file,
         format!(
             "file is {size} bytes; policy files are limited to {MAX_POLICY_BYTES} bytes (1 MiB)"
@@ -121,11 +103,15 @@ fn too_large(file: &Path, size: u64) -> PolicyError {
     )
 }
 
-pub(crate) fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
-    let meta =
-        fs::metadata(path).map_err(|e| whole_file(path, format!("cannot read file: {e}")))?;
+/// Reads, parses and validates one policy file, keeping where it names its
+/// Deployment.
+pub fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
+    let meta = fs::metadata(path)
+        .map_err(|e| PolicyError::whole_file(path, format!("cannot read file: {e}")))?;
     if meta.is_dir() {
-        return Err(whole_file(path, "expected a policy file, found a directory").into());
+        return Err(
+            PolicyError::whole_file(path, "expected a policy file, found a directory").into(),
+        );
     }
     if meta.len() > MAX_POLICY_BYTES {
         return Err(too_large(path, meta.len()).into());
@@ -133,7 +119,7 @@ pub(crate) fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
     let mut bytes = Vec::new();
     fs::File::open(path)
         .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| whole_file(path, format!("cannot read file: {e}")))?;
+        .map_err(|e| PolicyError::whole_file(path, format!("cannot read file: {e}")))?;
     // The file may have grown since the size check.
     if bytes.len() as u64 > MAX_POLICY_BYTES {
         return Err(too_large(path, bytes.len() as u64).into());
@@ -162,12 +148,14 @@ pub(crate) fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
 const EMPTY: &str =
     "file has no YAML document; expected a policy mapping with service, namespace, deployment and analysis";
 
-pub(crate) fn parse_validated(src: &str, file: &Path) -> Result<Validated, PolicyErrors> {
+/// Parses and validates one policy from YAML text, keeping where it names
+/// its Deployment; `file` is used in messages.
+pub fn parse_validated(src: &str, file: &Path) -> Result<Validated, PolicyErrors> {
     if src.len() as u64 > MAX_POLICY_BYTES {
         return Err(too_large(file, src.len() as u64).into());
     }
     if src.trim().is_empty() {
-        return Err(whole_file(file, EMPTY).into());
+        return Err(PolicyError::whole_file(file, EMPTY).into());
     }
     // The only serde pass is schema-free, so it stops only at YAML syntax
     // errors; unknown keys, duplicate keys and values of the wrong kind are
@@ -180,7 +168,7 @@ pub(crate) fn parse_validated(src: &str, file: &Path) -> Result<Validated, Polic
         serde_saphyr::from_str_with_options(src, options).map_err(|e| yaml_error(file, &e))?;
     match &tree.value {
         Node::Map(_) => {}
-        Node::Null => return Err(whole_file(file, EMPTY).into()),
+        Node::Null => return Err(PolicyError::whole_file(file, EMPTY).into()),
         other => {
             return Err(located(
                 file,

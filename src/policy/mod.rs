@@ -4,59 +4,27 @@
 //! Entry points: [`parse_str`], [`load_file`] and [`load_paths`]. Every problem
 //! is a [`PolicyError`] located as `file:line:column: field.path: message`.
 
+pub mod defaults;
 mod error;
 mod load;
 mod raw;
+mod set;
 mod tree;
 mod types;
 mod validate;
 mod values;
 
+pub use defaults::{default_metrics, DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS_PER_STEP};
 pub use error::{PolicyError, PolicyErrors};
-pub use load::{load_file, load_paths, parse_str, MAX_POLICY_BYTES};
+pub use load::{
+    is_policy_file_name, load_file, load_paths, load_validated, parse_str, parse_validated,
+    MAX_POLICY_BYTES,
+};
+pub(crate) use set::Claims;
+pub use set::{PolicySet, Target};
 pub use types::*;
-pub use validate::{DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS_PER_STEP, MAX_METRIC_NAME_BYTES};
+pub use validate::{Validated, MAX_METRIC_NAME_BYTES};
 pub use values::{window_increase_calls, WindowIncreaseCall, WINDOW_INCREASE};
-
-/// The metrics judged when a policy omits `analysis.metrics`: the 5xx error
-/// ratio (critical) and the request latency histogram, per pod role.
-///
-/// Counts use [`WINDOW_INCREASE`], so they are the exact number of requests
-/// scraped within each window (Prometheus' `increase` would extrapolate).
-pub fn default_metrics() -> Vec<MetricSpec> {
-    let sel = r#"namespace="{{namespace}}",pod=~"{{podRegex}}""#;
-    vec![
-        MetricSpec {
-            name: "errors".into(),
-            kind: MetricKind::Errors {
-                errors: Template(format!(
-                    r#"sum({WINDOW_INCREASE}(http_requests_total{{{sel},code=~"5.."}}))"#
-                )),
-                total: Template(format!(
-                    "sum({WINDOW_INCREASE}(http_requests_total{{{sel}}}))"
-                )),
-            },
-            direction: Direction::Increase,
-            bounds: None,
-            critical: true,
-            min_effect: 0.5,
-            weight: 1.0,
-        },
-        MetricSpec {
-            name: "latency".into(),
-            kind: MetricKind::Latency {
-                buckets: Template(format!(
-                    "sum by (le) ({WINDOW_INCREASE}(http_request_duration_seconds_bucket{{{sel}}}))"
-                )),
-            },
-            direction: Direction::Increase,
-            bounds: None,
-            critical: false,
-            min_effect: 0.1,
-            weight: 1.0,
-        },
-    ]
-}
 
 #[cfg(test)]
 mod tests {

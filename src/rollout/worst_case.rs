@@ -33,8 +33,8 @@ fn spec(i: usize, kind: MetricKind) -> MetricSpec {
         direction: crate::policy::Direction::Increase,
         bounds: None,
         critical: false,
-        min_effect: 0.1,
-        weight: 1.0,
+        min_effect: crate::policy::defaults::DEFAULT_MIN_EFFECT,
+        weight: crate::policy::defaults::DEFAULT_METRIC_WEIGHT,
     }
 }
 
@@ -72,7 +72,7 @@ pub fn analysis(metrics: &[MetricSpec]) -> Analysis {
         },
         interval: std::time::Duration::from_secs(5),
         max_duration: std::time::Duration::from_secs(24 * 3600),
-        alpha: 0.05,
+        alpha: crate::policy::DEFAULT_ALPHA,
         on_no_data: OnNoData::Hold,
         min_requests_per_step: 0,
         mode: JudgeMode::Sequential,
