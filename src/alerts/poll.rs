@@ -26,7 +26,7 @@ use prometheus_http_query::response::Data;
 use tokio::sync::watch;
 
 use crate::alerts::{AlertChanges, AlertStatus, Source, WebhookAlert};
-use crate::daemon::reload::PolicySet;
+use crate::policy::PolicySet;
 use crate::daemon::server::ServerState;
 use crate::metrics::PrometheusSource;
 use crate::policy::PrometheusConfig;

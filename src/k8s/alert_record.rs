@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::alerts::record::{AlertRecord, RecordChanges};
 use crate::alerts::{Patterns, WebhookAlert};
-use crate::daemon::reload::PolicySet;
+use crate::policy::PolicySet;
 use crate::daemon::server::ServerState;
 use crate::{Error, Result};
 
