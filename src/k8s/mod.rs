@@ -5,5 +5,6 @@
 
 pub mod alert_record;
 pub mod lease;
+pub mod rbac;
 pub mod router;
 pub mod target;
