@@ -12,3 +12,4 @@ mod daemon;
 mod deploy_manifests;
 mod e2e;
 mod kube_smoke;
+mod rbac;
