@@ -633,3 +633,59 @@ async fn namespaced_mode_rbac_lets_canaryd_work_and_forbids_the_rest() {
     }
     scene.system.cleanup().await;
 }
+
+/// `path` relative to the directory `from` (both absolute): kustomize
+/// refuses absolute paths in `resources` and `components`.
+fn relative_to(path: &Path, from: &Path) -> PathBuf {
+    let (path, from): (Vec<_>, Vec<_>) = (path.components().collect(), from.components().collect());
+    let common = path.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut relative: PathBuf = from[common..].iter().map(|_| "..").collect();
+    relative.extend(&path[common..]);
+    relative
+}
+
+#[test]
+fn namespaced_component_renders_without_cluster_wide_rbac() {
+    let overlay = tempfile::tempdir().unwrap();
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let base = relative_to(&deploy, overlay.path());
+    let kustomization = format!(
+        "resources: [{}]\ncomponents: [{}]\n",
+        base.display(),
+        base.join("namespaced").display()
+    );
+    std::fs::write(overlay.path().join("kustomization.yaml"), kustomization).unwrap();
+    let dir = overlay.path().to_str().unwrap();
+    let rendered = kubectl(
+        &["kustomize", "--load-restrictor=LoadRestrictionsNone", dir],
+        b"",
+    );
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&rendered).unwrap();
+    let of = |kind: &str| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d["metadata"]["namespace"].as_str().unwrap_or(""),
+                    d["metadata"]["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert!(
+        of("ClusterRole").is_empty() && of("ClusterRoleBinding").is_empty(),
+        "{rendered}"
+    );
+    let expected = [
+        "blue-green/canaryd",
+        "canaryd-system/canaryd-leader-election",
+        "shop/canaryd",
+        "test/canaryd",
+    ];
+    assert_eq!(of("Role"), expected);
+    assert_eq!(of("RoleBinding"), expected);
+    for kind in ["ServiceAccount", "Deployment", "Service", "NetworkPolicy"] {
+        assert_eq!(of(kind), ["canaryd-system/canaryd"], "{kind}");
+    }
+}
