@@ -41,6 +41,8 @@ enum Command {
     Run(cli::run::Args),
     /// Show a running daemon's rollouts as a table.
     Status(cli::status::Args),
+    /// Print namespaced RBAC (a Role per namespace the policies name) as YAML.
+    Rbac(cli::rbac::Args),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -68,5 +70,6 @@ async fn main() -> ExitCode {
         Command::DemoPods(args) => cli::demo_pods::run(args).await,
         Command::Run(args) => cli::run::run(args).await,
         Command::Status(args) => cli::status::run(args).await,
+        Command::Rbac(args) => cli::rbac::run(args),
     }
 }

@@ -26,9 +26,9 @@ use prometheus_http_query::response::Data;
 use tokio::sync::watch;
 
 use crate::alerts::{AlertChanges, AlertStatus, Source, WebhookAlert};
-use crate::policy::PolicySet;
 use crate::daemon::server::ServerState;
 use crate::metrics::PrometheusSource;
+use crate::policy::PolicySet;
 use crate::policy::PrometheusConfig;
 
 /// How often Prometheus is asked for firing alerts. Alertmanager's webhook is

@@ -4,6 +4,7 @@ pub mod check;
 pub mod demo;
 pub mod demo_pods;
 pub mod judge;
+pub mod rbac;
 pub mod run;
 pub mod simulate;
 pub mod status;

@@ -26,10 +26,10 @@ pub struct Args {
     #[arg(long, conflicts_with = "alert_token_file")]
     pub no_alert_webhook: bool,
     /// Namespace of the leader-election Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "canaryd-system")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::k8s::lease::DEFAULT_LEASE_NAMESPACE)]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
-    #[arg(long, default_value = "canaryd")]
+    #[arg(long, default_value = crate::k8s::lease::DEFAULT_LEASE_NAME)]
     pub lease_name: String,
     /// This instance's identity in the Lease (default: pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]

@@ -26,7 +26,7 @@ pub mod record;
 pub mod schedule;
 pub mod window;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -172,41 +172,33 @@ pub fn now_ms() -> u128 {
         .unwrap_or(0)
 }
 
-/// The namespace every policy names, or `None` when they span several (or
-/// none): then the whole cluster is watched.
-fn scope(set: &PolicySet) -> Option<String> {
-    let mut namespaces = set.iter().map(|p| p.namespace.as_str());
-    let first = namespaces.next()?;
-    namespaces.all(|ns| ns == first).then(|| first.to_string())
-}
-
-/// The Deployments API for `scope`.
-fn watched(client: &Client, scope: Option<&str>) -> Api<Deployment> {
-    match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
+/// The namespaces the policies name: one watch each, so canaryd needs no
+/// cluster-wide list/watch (the namespaced RBAC mode grants none).
+fn scope(set: &PolicySet) -> BTreeSet<String> {
+    set.iter().map(|p| p.namespace.clone()).collect()
 }
 
 /// A stream that yields whenever the policy set changes.
 fn policy_changes(
     ctx: Arc<Context>,
     rx: watch::Receiver<Arc<PolicySet>>,
+    namespace: String,
 ) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold((ctx, rx), |(ctx, mut rx)| async move {
+    futures::stream::unfold((ctx, rx, namespace), |(ctx, mut rx, ns)| async move {
         rx.changed().await.ok()?;
         let set = rx.borrow_and_update().clone();
         ctx.prune_sources(&set);
         tracing::info!(
             policies = set.len(),
+            namespace = %ns,
             "Policies changed; re-examining every target."
         );
-        Some(((), (ctx, rx)))
+        Some(((), (ctx, rx, ns)))
     })
 }
 
 /// Resolves once the policies need a different watch scope than `current`.
-async fn rescoped(mut rx: watch::Receiver<Arc<PolicySet>>, current: Option<String>) {
+async fn rescoped(mut rx: watch::Receiver<Arc<PolicySet>>, current: BTreeSet<String>) {
     loop {
         if rx.changed().await.is_err() {
             // The store is gone: the set no longer changes.
@@ -356,16 +348,19 @@ where
     loop {
         let mut rx = ctx.policies.clone();
         let current = scope(&rx.borrow_and_update());
-        tracing::info!(
-            namespace = current.as_deref().unwrap_or("(all)"),
-            "Watching Deployments."
-        );
+        let names: Vec<&str> = current.iter().map(String::as_str).collect();
+        tracing::info!(namespaces = %names.join(","), "Watching Deployments.");
         let stop = futures::future::select(
             shutdown.clone(),
             Box::pin(rescoped(rx.clone(), current.clone())),
         )
-        .map(|_| ());
-        run_scoped(ctx.clone(), current.as_deref(), rx, stop).await;
+        .map(|_| ())
+        .shared();
+        let watches = current
+            .iter()
+            .map(|ns| run_scoped(ctx.clone(), ns, rx.clone(), stop.clone()));
+        // No policy, nothing to watch: wait for one (or for shutdown).
+        futures::future::join(futures::future::join_all(watches), stop.clone()).await;
         if shutdown.clone().now_or_never().is_some() {
             return;
         }
@@ -374,13 +369,13 @@ where
 
 async fn run_scoped<F>(
     ctx: Arc<Context>,
-    scope: Option<&str>,
+    namespace: &str,
     policies: watch::Receiver<Arc<PolicySet>>,
     stop: F,
 ) where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
-    let api = watched(&ctx.client, scope);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let arms = crate::k8s::client::watch_config().labels(ROLE_LABEL);
     // Re-examine every target when leadership is gained, alerts or policies change.
     let triggers = futures::stream::select(
@@ -388,7 +383,7 @@ async fn run_scoped<F>(
             leadership_gained(ctx.leader.clone()),
             notifications(ctx.server.clone()),
         ),
-        policy_changes(ctx.clone(), policies),
+        policy_changes(ctx.clone(), policies, namespace.to_string()),
     );
     Controller::new(api.clone(), crate::k8s::client::watch_config())
         .owns(api, arms)

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use crate::alerts::record::{AlertRecord, RecordChanges};
 use crate::alerts::{Patterns, WebhookAlert};
-use crate::policy::PolicySet;
 use crate::daemon::server::ServerState;
+use crate::policy::PolicySet;
 use crate::{Error, Result};
 
 /// Key of the record's JSON in the ConfigMap's data.

@@ -18,6 +18,11 @@ use tokio::sync::watch;
 use crate::k8s::target::FIELD_MANAGER;
 use crate::{Error, Result};
 
+/// Default name of the Lease (`--lease-name`); the alert record is named after it.
+pub const DEFAULT_LEASE_NAME: &str = "canaryd";
+/// Default namespace of the Lease and the alert record (`--lease-namespace`).
+pub const DEFAULT_LEASE_NAMESPACE: &str = "canaryd-system";
+
 /// How long a Lease holds without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// A leader that could not renew for this long stops acting (well before

@@ -6,5 +6,6 @@
 pub mod alert_record;
 pub mod client;
 pub mod lease;
+pub mod rbac;
 pub mod router;
 pub mod target;

@@ -83,6 +83,7 @@ fn deploy_manifests_render_and_pass_server_side_validation() {
         "deployment.apps/canaryd",
         "service/canaryd",
         "role.rbac.authorization.k8s.io/canaryd-leader-election",
+        "networkpolicy.networking.k8s.io/canaryd",
     ] {
         assert!(out.contains(object), "{object} not applied: {out}");
     }

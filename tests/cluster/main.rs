@@ -13,3 +13,4 @@ mod deploy_manifests;
 mod e2e;
 mod ha;
 mod kube_smoke;
+mod rbac;

@@ -9,6 +9,7 @@ mod judge;
 mod offline_judge;
 mod policies;
 mod prometheus;
+mod rbac;
 mod reload;
 mod rollout;
 mod simulate;

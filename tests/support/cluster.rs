@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use canaryd::k8s::router::httproute_resource;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, PodSpec, Service, ServiceAccount, Toleration};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -202,8 +204,19 @@ impl TestNamespace {
 
     /// Same as `create`, with an explicit kubeconfig.
     pub async fn create_with(kubeconfig: &Path) -> Self {
-        let client = client_for(kubeconfig).await;
         let name = format!("{NAMESPACE_PREFIX}{:08x}", rand::random::<u32>());
+        Self::create_named(kubeconfig, name).await
+    }
+
+    /// Same as `create`, named `<prefix><random>` (for tests whose objects
+    /// must be told apart by name, e.g. `rbac-`).
+    pub async fn create_prefixed(prefix: &str) -> Self {
+        let name = format!("{prefix}{:08x}", rand::random::<u32>());
+        Self::create_named(&kubeconfig_path(KUBECONFIG_ENV), name).await
+    }
+
+    async fn create_named(kubeconfig: &Path, name: String) -> Self {
+        let client = client_for(kubeconfig).await;
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -246,6 +259,22 @@ impl TestNamespace {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The Namespace object, as an owner: cluster-scoped objects a test makes
+    /// (ClusterRoles) are garbage-collected with the namespace.
+    pub async fn owner_reference(&self) -> OwnerReference {
+        let ns = Api::<Namespace>::all(self.client.clone())
+            .get(&self.name)
+            .await
+            .expect("get own namespace");
+        OwnerReference {
+            api_version: "v1".to_string(),
+            kind: "Namespace".to_string(),
+            name: self.name.clone(),
+            uid: ns.metadata.uid.unwrap_or_default(),
+            ..OwnerReference::default()
+        }
     }
 
     /// The admin client this namespace was created with.
@@ -340,4 +369,93 @@ async fn delete_namespace(client: Client, name: &str) {
         Ok(Err(e)) => eprintln!("warning: could not delete namespace {name}: {e}"),
         Err(_) => eprintln!("warning: deleting namespace {name} timed out"),
     }
+}
+
+/// Lifetime of the tokens `service_account_identity` requests.
+pub const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 3600;
+
+/// A ServiceAccount as a client identity: a bearer token from the
+/// TokenRequest API (what `kubectl create token` does).
+pub struct ServiceAccountIdentity {
+    /// A client authenticating as the ServiceAccount.
+    pub client: Client,
+    /// A kubeconfig file for child processes (`canaryd run`).
+    pub kubeconfig: PathBuf,
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub username: String,
+}
+
+/// Creates ServiceAccount `name` in `namespace` (as admin) and a kubeconfig
+/// in `dir` that reaches the admin kubeconfig's cluster with its token.
+pub async fn service_account_identity(
+    namespace: &str,
+    name: &str,
+    dir: &Path,
+) -> ServiceAccountIdentity {
+    let admin_path = kubeconfig_path(KUBECONFIG_ENV);
+    let admin = client_for(&admin_path).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin, namespace);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    match sas.create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create ServiceAccount {namespace}/{name}: {e}"),
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(SERVICE_ACCOUNT_TOKEN_SECONDS),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let token = sas
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("token for {namespace}/{name}: {e}"))
+        .status
+        .expect("TokenRequest status")
+        .token;
+    let kubeconfig = dir.join(format!("kubeconfig-{namespace}-{name}.json"));
+    std::fs::write(
+        &kubeconfig,
+        token_kubeconfig(&admin_path, &token).to_string(),
+    )
+    .unwrap();
+    ServiceAccountIdentity {
+        client: client_for(&kubeconfig).await,
+        kubeconfig,
+        username: format!("system:serviceaccount:{namespace}:{name}"),
+    }
+}
+
+/// The admin kubeconfig's current cluster with `token` as the only user.
+fn token_kubeconfig(admin_path: &Path, token: &str) -> serde_json::Value {
+    let admin = Kubeconfig::read_from(admin_path).expect("read admin kubeconfig");
+    let current = admin.current_context.clone().expect("current context");
+    let cluster_name = admin
+        .contexts
+        .iter()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .expect("current context's cluster");
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .expect("current cluster");
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [serde_json::to_value(cluster).unwrap()],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [{"name": "token", "context": {"cluster": cluster_name, "user": "token"}}],
+        "current-context": "token",
+    })
 }
