@@ -103,7 +103,7 @@ impl Context {
 
     /// Whether this instance holds the Lease right now.
     pub fn is_leader(&self) -> bool {
-        self.leader.borrow().unwrap_or(false)
+        self.leader.borrow().is_leader()
     }
 
     /// Fails when leadership was lost, so a pass stops before its next write.
@@ -111,10 +111,7 @@ impl Context {
         if self.is_leader() {
             Ok(())
         } else {
-            Err(Error::Lease {
-                name: String::from("(this instance)"),
-                message: String::from("not the leader; not acting"),
-            })
+            Err(Error::NotLeader)
         }
     }
 
@@ -328,7 +325,7 @@ fn leadership_gained(rx: watch::Receiver<Leadership>) -> impl futures::Stream<It
     futures::stream::unfold((rx, false), |(mut rx, mut was)| async move {
         loop {
             rx.changed().await.ok()?;
-            let now = rx.borrow_and_update().unwrap_or(false);
+            let now = rx.borrow_and_update().is_leader();
             let gained = now && !was;
             was = now;
             if gained {

@@ -123,7 +123,7 @@ pub async fn run(
         flagged(stop_rx.clone()),
     ));
 
-    let (leader_tx, leader_rx) = watch::channel::<Leadership>(None);
+    let (leader_tx, leader_rx) = watch::channel(Leadership::Unknown);
     let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
     let elector = Elector::new(
         client.clone(),
@@ -133,7 +133,7 @@ pub async fn run(
     let readiness_state = state.clone();
     let mut known = leader_rx.clone();
     tokio::spawn(async move {
-        if known.wait_for(Option::is_some).await.is_ok() {
+        if known.wait_for(|l| l.is_known()).await.is_ok() {
             readiness_state
                 .readiness
                 .leadership_known

@@ -4,22 +4,21 @@
 //!
 //! Every write to the target carries the resourceVersion it was read at (an
 //! HTTP 409 becomes [`Error::Conflict`]); canary and baseline are written by
-//! server-side apply with field manager [`FIELD_MANAGER`].
+//! server-side apply with field manager [`FIELD_MANAGER`](crate::k8s::FIELD_MANAGER).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, Preconditions};
 use kube::{Client, Resource, ResourceExt};
 
+use crate::k8s::{self, ApiFailure, MANAGED_BY};
 use crate::policy::{Policy, Strategy};
 use crate::rollout::{self, PodCounts};
 use crate::{Error, Result};
 
-/// Field manager of every canaryd write.
-pub const FIELD_MANAGER: &str = "canaryd";
 /// Label telling canary and baseline pods apart (`canary` or `baseline`).
 pub const ROLE_LABEL: &str = "canaryd.io/role";
 /// Annotation on the target holding the versioned [`rollout::RolloutState`] JSON.
@@ -36,10 +35,6 @@ pub const ABORT_ANNOTATION: &str = "canaryd.io/abort";
 pub const TEMPLATE_HASH_ANNOTATION: &str = "canaryd.io/template-hash";
 /// Label the Deployment controller adds to ReplicaSet templates.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
-/// `app.kubernetes.io/managed-by` value on objects canaryd creates.
-pub const MANAGED_BY: &str = "canaryd";
-/// Attempts of a read-modify-write before a conflict is reported.
-pub const MAX_CONFLICT_RETRIES: usize = 5;
 
 /// Which copy of the target canaryd runs beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,15 +363,11 @@ pub fn assemble(
 pub async fn update_target(client: &Client, d: &Deployment) -> Result<Deployment> {
     let ns = d.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let pp = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PostParams::default()
-    };
-    api.replace(&d.name_any(), &pp, d)
+    api.replace(&d.name_any(), &k8s::post_params(), d)
         .await
-        .map_err(|source| match source {
-            kube::Error::Api(s) if s.code == 409 => Error::Conflict { name: full_name(d) },
-            source => Error::UpdateTarget {
+        .map_err(|source| match ApiFailure::of(&source) {
+            ApiFailure::Conflict => Error::Conflict { name: full_name(d) },
+            _ => Error::UpdateTarget {
                 name: full_name(d),
                 source: Box::new(source),
             },
@@ -397,7 +388,9 @@ where
 {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let full = format!("{ns}/{name}");
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let mut retry = k8s::ConflictRetry::new(&full);
+    loop {
+        retry.attempt()?;
         let mut d = api.get(name).await.map_err(|source| Error::ObserveTarget {
             name: full.clone(),
             source: Box::new(source),
@@ -406,11 +399,10 @@ where
             return Ok(d);
         }
         match update_target(client, &d).await {
-            Err(Error::Conflict { .. }) => continue,
+            Err(e) if e.is_conflict() => continue,
             other => return other,
         }
     }
-    Err(Error::Conflict { name: full })
 }
 
 /// Pauses the target so a new template does not roll out by itself.
@@ -575,13 +567,9 @@ pub async fn ensure_arm(
         }
     }
     let desired = arm_deployment(target, arm, template, replicas);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await
-    .map_err(wrap)
+    api.patch(&name, &k8s::apply_params(), &Patch::Apply(&desired))
+        .await
+        .map_err(wrap)
 }
 
 /// Deletes the canary or baseline of target `deployment` (404 counts as
@@ -610,8 +598,11 @@ pub async fn delete_arm(client: &Client, ns: &str, deployment: &str, arm: Arm) -
     });
     match api.delete(&name, &dp).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(source) => Err(err(source)),
+        Err(e) => match ApiFailure::of(&e) {
+            // Gone already, or replaced by a new object of that name (uid precondition).
+            ApiFailure::NotFound | ApiFailure::Conflict => Ok(()),
+            _ => Err(err(e)),
+        },
     }
 }
 
