@@ -143,7 +143,7 @@ pub enum Error {
     #[error("publishing event {reason} on {name}: {source}")]
     PublishEvent {
         /// Event reason.
-        reason: String,
+        reason: rollout::Reason,
         /// `namespace/name` of the target.
         name: String,
         /// Why it failed.

@@ -271,7 +271,7 @@ pub async fn orphaned(ctx: &Context, policy: &Policy) {
             ctx,
             &d,
             crate::rollout::EventKind::Warning,
-            &crate::rollout::Reason::PolicyRemoved.to_string(),
+            crate::rollout::Reason::PolicyRemoved,
             &message,
         )
         .await;
@@ -308,8 +308,11 @@ async fn release(ctx: &Context, policy: &Policy, d: &Deployment, state: &Rollout
         policy.namespace, policy.deployment
     );
     tracing::info!(service = %policy.service, "{message}");
-    let reason = crate::rollout::Reason::Released.to_string();
-    act::publish(ctx, d, crate::rollout::EventKind::Normal, &reason, &message).await;
+    let (kind, reason) = (
+        crate::rollout::EventKind::Normal,
+        crate::rollout::Reason::Released,
+    );
+    act::publish(ctx, d, kind, reason, &message).await;
 }
 
 /// A stream that yields whenever `notify` fires.

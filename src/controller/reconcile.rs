@@ -284,15 +284,8 @@ async fn carry_out(
                 rollout::format_secs(policy.progress_deadline.as_secs()),
                 f.error
             );
-            let reason = Reason::ActionFailed.to_string();
-            act::publish(
-                ctx,
-                &observed.deployment,
-                EventKind::Warning,
-                &reason,
-                &message,
-            )
-            .await;
+            let (kind, reason) = (EventKind::Warning, Reason::ActionFailed);
+            act::publish(ctx, &observed.deployment, kind, reason, &message).await;
         }
     }
     Ok(Finished::Failing(pending))
