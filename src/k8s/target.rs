@@ -1,6 +1,7 @@
 //! The managed Deployment and its canary and baseline: observe them as the
 //! engine's [`rollout::Target`], create, scale and delete the canary and
-//! baseline, pause, promote and restore the target.
+//! baseline, and write the target (its pause flag, template and annotations
+//! change in the controller's commit).
 //!
 //! Every write to the target carries the resourceVersion it was read at (an
 //! HTTP 409 becomes [`Error::Conflict`]); canary and baseline are written by
@@ -405,24 +406,6 @@ where
     }
 }
 
-/// Pauses the target so a new template does not roll out by itself.
-pub async fn pause(client: &Client, ns: &str, name: &str) -> Result<Deployment> {
-    modify_target(client, ns, name, |d| Ok(set_paused(d, true))).await
-}
-
-/// Lets the target roll to its template with its own maxSurge/maxUnavailable
-/// (like `kubectl rollout resume`), if that template is still `template_hash`.
-/// Returns whether it was resumed.
-pub async fn promote(client: &Client, ns: &str, name: &str, template_hash: &str) -> Result<bool> {
-    let mut resumed = false;
-    modify_target(client, ns, name, |d| {
-        resumed = desired_hash(d) == template_hash;
-        Ok(resumed && set_paused(d, false))
-    })
-    .await?;
-    Ok(resumed)
-}
-
 /// Puts `stable` back as the target's template if the template is still
 /// `replacing` (a newer one is left alone); returns whether it did.
 pub fn restore_template(d: &mut Deployment, stable: &PodTemplateSpec, replacing: &str) -> bool {
@@ -432,38 +415,6 @@ pub fn restore_template(d: &mut Deployment, stable: &PodTemplateSpec, replacing:
     let spec = d.spec.get_or_insert_with(DeploymentSpec::default);
     spec.template = stable.clone();
     true
-}
-
-/// Restores the template of ReplicaSet `stable_hash` (like `kubectl rollout
-/// undo`) if the template is still `replacing`. The target is resumed only
-/// when its pods are not all on the stable template already, so a rollback
-/// during analysis never moves a pod. Returns whether it restored.
-pub async fn restore_stable(
-    client: &Client,
-    policy: &Policy,
-    stable_hash: &str,
-    replacing: &str,
-) -> Result<bool> {
-    let Some(observed) = observe(client, policy).await? else {
-        return Ok(false);
-    };
-    let full = format!("{}/{}", policy.namespace, policy.deployment);
-    let Some(stable) = observed.templates.get(stable_hash).cloned() else {
-        return Err(Error::MissingTemplate {
-            name: full,
-            hash: stable_hash.to_string(),
-        });
-    };
-    // Pods only on the stable template: nothing needs to roll.
-    let on_stable = observed.pods_by_hash.keys().all(|h| h == stable_hash);
-    let mut restored = false;
-    modify_target(client, &policy.namespace, &policy.deployment, |d| {
-        restored = restore_template(d, &stable, replacing);
-        let resumed = restored && !on_stable && set_paused(d, false);
-        Ok(restored || resumed)
-    })
-    .await?;
-    Ok(restored)
 }
 
 /// An ownerReference to the target: deleting the target deletes the object.
