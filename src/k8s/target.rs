@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, Preconditions};
@@ -268,18 +268,9 @@ pub async fn observe(client: &Client, policy: &Policy) -> Result<Option<Observed
     )))
 }
 
-/// Builds the engine's view from objects already read (pure).
-pub fn assemble(
-    deployment: Deployment,
-    sets: &[ReplicaSet],
-    canary: Option<&Deployment>,
-    baseline: Option<&Deployment>,
-    version_label: Option<&str>,
-) -> Observed {
-    let spec = deployment.spec.clone().unwrap_or_default();
-    let replicas = spec.replicas.unwrap_or(1).max(0) as u32;
-    let status = deployment.status.clone().unwrap_or_default();
-    let desired = template_hash(&spec.template);
+/// Templates of the ReplicaSets by canaryd hash, and their pods per hash
+/// (only hashes with pods).
+fn index_sets(sets: &[ReplicaSet]) -> (BTreeMap<String, PodTemplateSpec>, BTreeMap<String, i32>) {
     let mut templates = BTreeMap::new();
     let mut pods_by_hash = BTreeMap::new();
     for rs in sets {
@@ -293,42 +284,71 @@ pub fn assemble(
             templates.insert(hash, t);
         }
     }
-    let available = |rs: &ReplicaSet| {
-        rs.status
-            .as_ref()
-            .and_then(|s| s.available_replicas)
-            .unwrap_or(0)
-    };
-    // The stable release is the ReplicaSet holding the most available pods
-    // (the newest on a tie).
-    let stable_rs = sets
-        .iter()
-        .filter(|rs| available(rs) > 0)
-        .max_by_key(|rs| (available(rs), rs_revision(rs)));
-    let stable_template = stable_rs.and_then(rs_template);
-    let stable_hash = stable_template
+    (templates, pods_by_hash)
+}
+
+fn available(rs: &ReplicaSet) -> i32 {
+    rs.status
         .as_ref()
-        .map(template_hash)
-        .unwrap_or_default();
-    // Pods beyond spec.replicas are a rollout still in progress: they do not
-    // count as the stable release being fully back or fully rolled. (Not
-    // gated on observedGeneration: canaryd's own annotation writes bump the
-    // generation, and ReplicaSet status does not depend on it.)
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+}
+
+/// The stable release: the ReplicaSet holding the most available pods (the
+/// newest on a tie).
+fn stable_set(sets: &[ReplicaSet]) -> Option<&ReplicaSet> {
+    sets.iter()
+        .filter(|rs| available(rs) > 0)
+        .max_by_key(|rs| (available(rs), rs_revision(rs)))
+}
+
+/// Pods of the stable release. Pods beyond `spec.replicas` are a rollout
+/// still in progress: they do not count as the stable release being fully
+/// back or fully rolled. (Not gated on observedGeneration: canaryd's own
+/// annotation writes bump the generation, and ReplicaSet status does not
+/// depend on it.)
+fn stable_counts(
+    stable_rs: Option<&ReplicaSet>,
+    status: &DeploymentStatus,
+    replicas: u32,
+) -> PodCounts {
     let surplus = status
         .replicas
         .unwrap_or(0)
         .saturating_sub(replicas as i32)
         .max(0);
-    let stable_ready = stable_rs
+    let ready = stable_rs
         .map(|rs| available(rs).saturating_sub(surplus).max(0) as u32)
         .unwrap_or(0);
-    let stable = PodCounts {
-        ready: stable_ready,
+    PodCounts {
+        ready,
         desired: stable_rs
             .and_then(|rs| rs.spec.as_ref().and_then(|s| s.replicas))
             .unwrap_or(0)
             .max(0) as u32,
-    };
+    }
+}
+
+/// Builds the engine's view from objects already read (pure).
+pub fn assemble(
+    deployment: Deployment,
+    sets: &[ReplicaSet],
+    canary: Option<&Deployment>,
+    baseline: Option<&Deployment>,
+    version_label: Option<&str>,
+) -> Observed {
+    let spec = deployment.spec.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1).max(0) as u32;
+    let status = deployment.status.clone().unwrap_or_default();
+    let desired = template_hash(&spec.template);
+    let (templates, pods_by_hash) = index_sets(sets);
+    let stable_rs = stable_set(sets);
+    let stable_template = stable_rs.and_then(rs_template);
+    let stable_hash = stable_template
+        .as_ref()
+        .map(template_hash)
+        .unwrap_or_default();
+    let stable = stable_counts(stable_rs, &status, replicas);
     let rolled_out = !stable_hash.is_empty()
         && stable_hash == desired
         && stable.has_ready(replicas)
