@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use kube::Client;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::alerts::poll::{self as alerts_poll, POLL_INTERVAL};
 use crate::controller::{self, Context};
@@ -42,6 +43,101 @@ async fn flagged(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// Loads the policies and builds the shared state; an `Err` is the exit code.
+fn prepare(args: &crate::cli::run::Args) -> Result<(Arc<ServerState>, Arc<PolicyStore>), ExitCode> {
+    let token = match &args.alert_token_file {
+        Some(path) => Some(server::read_token_file(path).map_err(fail)?),
+        None => None,
+    };
+    let metrics = Metrics::new().map_err(|e| fail(format!("registering metrics: {e}")))?;
+    let state = Arc::new(ServerState::new(metrics, token));
+    let store = Arc::new(PolicyStore::open(&args.policies).attach(state.clone()));
+    let (policies, errors) = (store.current(), store.errors());
+    if policies.is_empty() && !errors.is_empty() {
+        for e in errors.iter() {
+            eprintln!("{e}");
+        }
+        return Err(fail(Error::LoadPolicies(errors.to_vec())));
+    }
+    state
+        .readiness
+        .policies_loaded
+        .store(true, Ordering::Relaxed);
+    Ok((state, store))
+}
+
+/// Builds the Kubernetes client and checks that the API answers (a failure
+/// there is only logged: readiness waits for it).
+async fn connect(state: &ServerState) -> Result<Client, ExitCode> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| fail(Error::KubeClient(Box::new(e))))?;
+    match client.apiserver_version().await {
+        Ok(v) => {
+            state
+                .readiness
+                .kube_reachable
+                .store(true, Ordering::Relaxed);
+            tracing::info!(version = %v.git_version, "Kubernetes API reachable.");
+        }
+        Err(e) => tracing::warn!(error = %e, "Kubernetes API not reachable yet."),
+    }
+    Ok(client)
+}
+
+/// Marks leadership known (and the API reachable) once the first Lease attempt finished.
+fn track_readiness(state: Arc<ServerState>, mut leader: watch::Receiver<Leadership>) {
+    tokio::spawn(async move {
+        if leader.wait_for(|l| l.is_known()).await.is_ok() {
+            let readiness = &state.readiness;
+            readiness.leadership_known.store(true, Ordering::Relaxed);
+            readiness.kube_reachable.store(true, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Reports a task that ended with an error (or panic); its exit code then.
+fn ended<E: std::fmt::Display>(
+    what: &str,
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> Option<ExitCode> {
+    match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(fail(e)),
+        Err(e) => Some(fail(format!("the {what} task failed: {e}"))),
+    }
+}
+
+/// Waits for the controller (it ends on shutdown) while the lease task must
+/// outlive it; then stops the lease (releasing it) and waits for the server.
+async fn wait_and_stop(
+    controller: impl std::future::Future<Output = ()>,
+    mut lease_task: JoinHandle<crate::Result<()>>,
+    lease_stop: watch::Sender<bool>,
+    server_task: JoinHandle<crate::Result<()>>,
+) -> ExitCode {
+    tokio::pin!(controller);
+    let lease_died = tokio::select! {
+        _ = &mut controller => None,
+        ended = &mut lease_task => Some(ended),
+    };
+    if let Some(ended) = lease_died {
+        let why = match ended {
+            Ok(Ok(())) => String::from("the lease task ended"),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the lease task failed: {e}"),
+        };
+        return fail(format!("{why}; exiting"));
+    }
+    lease_stop.send_replace(true);
+    let lease_code = ended("lease", lease_task.await);
+    let server_code = ended("server", server_task.await);
+    tracing::info!("Stopped.");
+    server_code
+        .or(lease_code)
+        .unwrap_or_else(|| crate::cli::exit(crate::cli::EXIT_OK))
+}
+
 /// Runs the daemon until SIGTERM; exit code 0 after a clean shutdown.
 ///
 /// Invalid policy files do not stop the daemon as long as one policy is
@@ -53,30 +149,10 @@ pub async fn run(
     args: crate::cli::run::Args,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
-    let token = match &args.alert_token_file {
-        Some(path) => match server::read_token_file(path) {
-            Ok(t) => Some(t),
-            Err(e) => return fail(e),
-        },
-        None => None,
+    let (state, store) = match prepare(&args) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
-    let metrics = match Metrics::new() {
-        Ok(m) => m,
-        Err(e) => return fail(format!("registering metrics: {e}")),
-    };
-    let state = Arc::new(ServerState::new(metrics, token));
-    let store = Arc::new(PolicyStore::open(&args.policies).attach(state.clone()));
-    let (policies, errors) = (store.current(), store.errors());
-    if policies.is_empty() && !errors.is_empty() {
-        for e in errors.iter() {
-            eprintln!("{e}");
-        }
-        return fail(Error::LoadPolicies(errors.to_vec()));
-    }
-    state
-        .readiness
-        .policies_loaded
-        .store(true, Ordering::Relaxed);
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(source) => {
@@ -86,24 +162,14 @@ pub async fn run(
             })
         }
     };
-    let client = match Client::try_default().await {
+    let client = match connect(&state).await {
         Ok(c) => c,
-        Err(e) => return fail(Error::KubeClient(Box::new(e))),
+        Err(code) => return code,
     };
-    match client.apiserver_version().await {
-        Ok(v) => {
-            state
-                .readiness
-                .kube_reachable
-                .store(true, Ordering::Relaxed);
-            tracing::info!(version = %v.git_version, "Kubernetes API reachable.");
-        }
-        Err(e) => tracing::warn!(error = %e, "Kubernetes API not reachable yet."),
-    }
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(
-        policies = policies.len(),
-        policy_errors = errors.len(),
+        policies = store.current().len(),
+        policy_errors = store.errors().len(),
         policy_path = %args.policies.display(),
         listen = %args.listen,
         identity = %identity,
@@ -129,21 +195,8 @@ pub async fn run(
         client.clone(),
         LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity),
     );
-    let mut lease_task = tokio::spawn(lease::run(elector, leader_tx, lease_stop_rx));
-    let readiness_state = state.clone();
-    let mut known = leader_rx.clone();
-    tokio::spawn(async move {
-        if known.wait_for(|l| l.is_known()).await.is_ok() {
-            readiness_state
-                .readiness
-                .leadership_known
-                .store(true, Ordering::Relaxed);
-            readiness_state
-                .readiness
-                .kube_reachable
-                .store(true, Ordering::Relaxed);
-        }
-    });
+    let lease_task = tokio::spawn(lease::run(elector, leader_tx, lease_stop_rx));
+    track_readiness(state.clone(), leader_rx.clone());
 
     tokio::spawn(store.clone().run(flagged(stop_rx.clone())));
     tokio::spawn(alerts_poll::run(
@@ -160,32 +213,5 @@ pub async fn run(
         &identity,
     ));
     let controller = controller::run(ctx, flagged(stop_rx.clone()));
-    tokio::pin!(controller);
-    // The controller ends on shutdown; the lease task must outlive it.
-    let lease_died = tokio::select! {
-        _ = &mut controller => None,
-        ended = &mut lease_task => Some(ended),
-    };
-    if let Some(ended) = lease_died {
-        let why = match ended {
-            Ok(Ok(())) => String::from("the lease task ended"),
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => format!("the lease task failed: {e}"),
-        };
-        return fail(format!("{why}; exiting"));
-    }
-    lease_stop_tx.send_replace(true);
-    let mut code = crate::cli::exit(crate::cli::EXIT_OK);
-    match lease_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => code = fail(e),
-        Err(e) => code = fail(format!("the lease task failed: {e}")),
-    }
-    match server_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => code = fail(e),
-        Err(e) => code = fail(format!("the server task failed: {e}")),
-    }
-    tracing::info!("Stopped.");
-    code
+    wait_and_stop(controller, lease_task, lease_stop_tx, server_task).await
 }
