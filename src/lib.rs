@@ -143,19 +143,19 @@ pub enum Error {
     #[error("publishing event {reason} on {name}: {source}")]
     PublishEvent {
         /// Event reason.
-        reason: String,
+        reason: rollout::Reason,
         /// `namespace/name` of the target.
         name: String,
         /// Why it failed.
         source: Box<kube::Error>,
     },
     /// Reading, creating or renewing the leader-election Lease failed.
-    #[error("leader election Lease {name}: {message}")]
+    #[error("leader election Lease {name}: {source}")]
     Lease {
         /// `namespace/name` of the Lease.
         name: String,
         /// Why it failed.
-        message: String,
+        source: Box<kube::Error>,
     },
     /// Reading or writing the cluster-wide alert record failed.
     #[error("alert record {name}: {source}")]
@@ -165,6 +165,17 @@ pub enum Error {
         /// Why it failed.
         source: Box<kube::Error>,
     },
+    /// RBAC refuses the leader-election Lease (HTTP 403): retrying cannot fix it.
+    #[error("leader election Lease {name}: forbidden: {source}")]
+    LeaseForbidden {
+        /// `namespace/name` of the Lease.
+        name: String,
+        /// The API's refusal.
+        source: Box<kube::Error>,
+    },
+    /// This instance lost leadership (or never had it), so it does not act.
+    #[error("leader election Lease (this instance): not the leader; not acting")]
+    NotLeader,
     /// Fetching the daemon's rollout board failed.
     #[error("fetching {url}: {message}")]
     FetchStatus {
@@ -173,6 +184,13 @@ pub enum Error {
         /// Why it failed.
         message: String,
     },
+}
+
+impl Error {
+    /// Whether this is a write conflict, which a fresh read may resolve.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
 }
 
 /// Result with canaryd's [`Error`].

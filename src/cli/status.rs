@@ -4,8 +4,10 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::Value;
-
+use crate::controller::record::{decision_label, phase_name};
+use crate::daemon::server::{ServiceStatus, StatusBoard};
+use crate::judge::Verdict;
+use crate::rollout::Phase;
 use crate::Error;
 
 /// Pause between refreshes with `--watch`.
@@ -26,7 +28,7 @@ pub struct Args {
     pub watch: bool,
 }
 
-async fn fetch(client: &reqwest::Client, url: &str) -> Result<Value, Error> {
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<StatusBoard, Error> {
     let err = |message: String| Error::FetchStatus {
         url: url.to_string(),
         message,
@@ -42,14 +44,6 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<Value, Error> {
     resp.json().await.map_err(|e| err(e.to_string()))
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::from("-"),
-        other => other.to_string(),
-    }
-}
-
 fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
@@ -59,58 +53,58 @@ fn cut(s: &str, max: usize) -> String {
     out
 }
 
-/// Renders a `/v1/rollouts` document as a table plus policy errors (pure).
-pub fn render(board: &Value) -> String {
-    let header = [
-        "SERVICE",
-        "DEPLOYMENT",
-        "PHASE",
-        "STEP",
-        "ALERTS",
-        "LAST VERDICT",
-    ];
-    let mut rows: Vec<[String; 6]> = Vec::new();
-    for r in board["rollouts"].as_array().into_iter().flatten() {
-        let step = r["step"]
-            .as_u64()
-            .map(|s| (s + 1).to_string())
-            .unwrap_or_else(|| String::from("-"));
-        let alerts: Vec<String> = r["firingAlerts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect();
-        let verdict = match &r["lastVerdict"] {
-            Value::Null => String::from("-"),
-            v => {
-                // Reasons usually start with the decision already.
-                let (decision, reason) = (text(&v["decision"]), text(&v["reason"]));
-                let prefix = format!("{decision}: ");
-                let reason = reason.strip_prefix(&prefix).unwrap_or(&reason);
-                format!("{decision}: {}", cut(reason, MAX_REASON))
-            }
-        };
-        rows.push([
-            text(&r["service"]),
-            format!("{}/{}", text(&r["namespace"]), text(&r["deployment"])),
-            text(&r["phase"]),
-            step,
-            if alerts.is_empty() {
-                String::from("-")
-            } else {
-                alerts.join(",")
-            },
-            verdict,
-        ]);
-    }
-    let mut widths = header.map(str::len);
-    for row in &rows {
+/// Column titles of the table.
+const HEADER: [&str; 6] = [
+    "SERVICE",
+    "DEPLOYMENT",
+    "PHASE",
+    "STEP",
+    "ALERTS",
+    "LAST VERDICT",
+];
+
+/// A missing value in the table.
+const NONE: &str = "-";
+
+fn verdict_cell(verdict: Option<&Verdict>) -> String {
+    let Some(v) = verdict else {
+        return NONE.to_string();
+    };
+    // Reasons usually start with the decision already.
+    let decision = decision_label(v.decision);
+    let prefix = format!("{decision}: ");
+    let reason = v.reason.strip_prefix(&prefix).unwrap_or(&v.reason);
+    format!("{decision}: {}", cut(reason, MAX_REASON))
+}
+
+fn row(r: &ServiceStatus) -> [String; 6] {
+    let step = r
+        .step
+        .map_or_else(|| NONE.to_string(), |s| (s + 1).to_string());
+    let alerts = if r.firing_alerts.is_empty() {
+        NONE.to_string()
+    } else {
+        r.firing_alerts.join(",")
+    };
+    [
+        r.service.clone(),
+        format!("{}/{}", r.namespace, r.deployment),
+        r.phase.clone(),
+        step,
+        alerts,
+        verdict_cell(r.last_verdict.as_ref()),
+    ]
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table(rows: &[[String; 6]]) -> String {
+    let mut widths = HEADER.map(str::len);
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: [&str; 6]| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             if i + 1 == cells.len() {
@@ -121,57 +115,54 @@ pub fn render(board: &Value) -> String {
         }
         out.trim_end().to_string() + "\n"
     };
-    let mut out = line(header.to_vec());
-    for row in &rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    if rows.is_empty() {
-        out.push_str("(no managed rollouts yet)\n");
-    }
-    out.push_str(&section(board, "lastError", "LAST ERRORS (retried)"));
-    out.push_str(&section(
-        board,
-        "failingAction",
-        "FAILING ACTIONS (backing off)",
-    ));
-    let stopped = |r: &&Value| r["phase"] == "Failed";
-    let humans: Vec<String> = rollouts(board)
-        .filter(stopped)
-        .map(|r| format!("  {}: {}\n", text(&r["service"]), text(&r["reason"])))
-        .collect();
-    if !humans.is_empty() {
-        out.push_str("\nFAILED (needs a human)\n");
-        out.push_str(&humans.concat());
-    }
-    let errors: Vec<String> = board["policyErrors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(text)
-        .collect();
-    if !errors.is_empty() {
-        out.push_str("\nPOLICY ERRORS\n");
-        for e in errors {
-            out.push_str(&format!("  {e}\n"));
-        }
+    let mut out = line(HEADER);
+    for row in rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
     }
     out
 }
 
-fn rollouts(board: &Value) -> impl Iterator<Item = &Value> {
-    board["rollouts"].as_array().into_iter().flatten()
-}
-
-/// One line per rollout that has string `field`, under `title`.
-fn section(board: &Value, field: &str, title: &str) -> String {
-    let lines: Vec<String> = rollouts(board)
-        .filter(|r| r[field].is_string())
-        .map(|r| format!("  {}: {}\n", text(&r["service"]), text(&r[field])))
-        .collect();
+/// `title` over one indented line per item, or nothing without items.
+fn section(title: &str, lines: impl Iterator<Item = String>) -> String {
+    let lines: String = lines.map(|l| format!("  {l}\n")).collect();
     if lines.is_empty() {
         return String::new();
     }
-    format!("\n{title}\n{}", lines.concat())
+    format!("\n{title}\n{lines}")
+}
+
+/// `service: text` for each rollout with `field` set.
+fn per_service<'a>(
+    board: &'a StatusBoard,
+    field: impl Fn(&'a ServiceStatus) -> Option<&'a str> + 'a,
+) -> impl Iterator<Item = String> + 'a {
+    board
+        .rollouts
+        .iter()
+        .filter_map(move |r| Some(format!("{}: {}", r.service, field(r)?)))
+}
+
+/// Renders a `/v1/rollouts` document as a table plus policy errors (pure).
+pub fn render(board: &StatusBoard) -> String {
+    let rows: Vec<[String; 6]> = board.rollouts.iter().map(row).collect();
+    let mut out = table(&rows);
+    if rows.is_empty() {
+        out.push_str("(no managed rollouts yet)\n");
+    }
+    let last_errors = per_service(board, |r| r.last_error.as_deref());
+    out.push_str(&section("LAST ERRORS (retried)", last_errors));
+    let failing = per_service(board, |r| r.failing_action.as_deref());
+    out.push_str(&section("FAILING ACTIONS (backing off)", failing));
+    let stopped = per_service(board, |r| {
+        let failed = r.phase == phase_name(&Phase::Failed);
+        failed.then(|| r.reason.as_deref().unwrap_or(NONE))
+    });
+    out.push_str(&section("FAILED (needs a human)", stopped));
+    out.push_str(&section(
+        "POLICY ERRORS",
+        board.policy_errors.iter().cloned(),
+    ));
+    out
 }
 
 /// Prints the board once, or every [`WATCH_INTERVAL`] with `--watch`.
@@ -239,7 +230,7 @@ mod tests {
             }],
             "policyErrors": ["policies/x.yaml:3:1: alpha: must be below 0.5"]
         });
-        let out = render(&board);
+        let out = render(&serde_json::from_value(board).unwrap());
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
@@ -282,7 +273,7 @@ mod tests {
             }],
             "policyErrors": []
         });
-        let out = render(&board);
+        let out = render(&serde_json::from_value(board).unwrap());
         assert!(
             out.contains("\nFAILING ACTIONS (backing off)\n  shop: SetWeight 10% failing since 2026-12-04T10:00:00Z (4 attempt(s)): ingresses \"shop-canary\" is forbidden\n"),
             "{out}"
@@ -295,7 +286,8 @@ mod tests {
 
     #[test]
     fn empty_board_says_so() {
-        let out = render(&json!({"rollouts": [], "policyErrors": []}));
+        let out =
+            render(&serde_json::from_value(json!({"rollouts": [], "policyErrors": []})).unwrap());
         assert!(out.contains("(no managed rollouts yet)"), "{out}");
     }
 }

@@ -18,7 +18,7 @@ use super::{Context, REPORTER};
 use crate::k8s::router;
 use crate::k8s::target::{self, Arm, Observed};
 use crate::policy::{Policy, Strategy};
-use crate::rollout::{Action, EventKind, RolloutState};
+use crate::rollout::{Action, EventKind, Reason, RolloutState};
 use crate::{Error, Result};
 
 /// Longest Event note the API accepts (1 kB).
@@ -172,7 +172,7 @@ async fn carry_out_one(
             kind,
             reason,
             message,
-        } => publish(ctx, d, *kind, &reason.to_string(), message).await,
+        } => publish(ctx, d, *kind, *reason, message).await,
         // Folded into the commit.
         Action::Promote { .. }
         | Action::RestoreStable { .. }
@@ -215,7 +215,7 @@ pub async fn publish(
     ctx: &Context,
     d: &k8s_openapi::api::apps::v1::Deployment,
     kind: EventKind,
-    reason: &str,
+    reason: Reason,
     message: &str,
 ) {
     let mut note = message.to_string();
@@ -253,7 +253,7 @@ pub async fn publish(
     let api: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Err(e) = api.create(&PostParams::default(), &event).await {
         let err = Error::PublishEvent {
-            reason: reason.to_string(),
+            reason,
             name: target::full_name(d),
             source: Box::new(e),
         };
@@ -268,18 +268,17 @@ fn notify(
     ctx: &Context,
     d: &k8s_openapi::api::apps::v1::Deployment,
     kind: EventKind,
-    reason: &str,
+    reason: Reason,
     message: &str,
 ) {
     let Some(policy) = ctx.policy_for(d).filter(|p| !p.notifications.is_empty()) else {
         return;
     };
-    let kind = kind.as_str();
-    let (reason, message) = (reason.to_string(), message.to_string());
+    let message = message.to_string();
     tokio::spawn(async move {
         let note = crate::daemon::notifier::RolloutNote {
             kind,
-            reason: &reason,
+            reason,
             message: &message,
         };
         crate::daemon::notifier::post_all(crate::daemon::notifier::client(), &policy, &note).await;

@@ -107,7 +107,7 @@ impl Context {
 
     /// Whether this instance holds the Lease right now.
     pub fn is_leader(&self) -> bool {
-        self.leader.borrow().unwrap_or(false)
+        self.leader.borrow().is_leader()
     }
 
     /// Fails when leadership was lost, so a pass stops before its next write.
@@ -115,10 +115,7 @@ impl Context {
         if self.is_leader() {
             Ok(())
         } else {
-            Err(Error::Lease {
-                name: String::from("(this instance)"),
-                message: String::from("not the leader; not acting"),
-            })
+            Err(Error::NotLeader)
         }
     }
 
@@ -272,7 +269,7 @@ pub async fn orphaned(ctx: &Context, policy: &Policy) {
             ctx,
             &d,
             crate::rollout::EventKind::Warning,
-            &crate::rollout::Reason::PolicyRemoved.to_string(),
+            crate::rollout::Reason::PolicyRemoved,
             &message,
         )
         .await;
@@ -309,8 +306,11 @@ async fn release(ctx: &Context, policy: &Policy, d: &Deployment, state: &Rollout
         policy.namespace, policy.deployment
     );
     tracing::info!(service = %policy.service, "{message}");
-    let reason = crate::rollout::Reason::Released.to_string();
-    act::publish(ctx, d, crate::rollout::EventKind::Normal, &reason, &message).await;
+    let (kind, reason) = (
+        crate::rollout::EventKind::Normal,
+        crate::rollout::Reason::Released,
+    );
+    act::publish(ctx, d, kind, reason, &message).await;
 }
 
 /// A stream that yields whenever `notify` fires.
@@ -326,7 +326,7 @@ fn leadership_gained(rx: watch::Receiver<Leadership>) -> impl futures::Stream<It
     futures::stream::unfold((rx, false), |(mut rx, mut was)| async move {
         loop {
             rx.changed().await.ok()?;
-            let now = rx.borrow_and_update().unwrap_or(false);
+            let now = rx.borrow_and_update().is_leader();
             let gained = now && !was;
             was = now;
             if gained {

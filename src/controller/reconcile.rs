@@ -19,9 +19,8 @@ use kube::runtime::controller::Action as Requeue;
 
 use super::pending::Pending;
 use super::{act, now_ms, record, schedule, window, Context, ERROR_RETRY};
-use crate::k8s::target::{
-    self, Observed, ABORT_ANNOTATION, APPROVE_ANNOTATION, MAX_CONFLICT_RETRIES,
-};
+use crate::k8s;
+use crate::k8s::target::{self, Observed, ABORT_ANNOTATION, APPROVE_ANNOTATION};
 use crate::policy::Policy;
 use crate::rollout::{self, Action, EventKind, Input, Phase, Reason, RolloutState};
 use crate::{Error, Result};
@@ -51,19 +50,13 @@ pub async fn reconcile(obj: Arc<Deployment>, ctx: Arc<Context>) -> Result<Requeu
         return Ok(Requeue::await_change());
     }
     let started = Instant::now();
-    for _ in 0..=MAX_CONFLICT_RETRIES {
+    let key = format!("{}/{}", policy.namespace, policy.deployment);
+    let mut retry = k8s::ConflictRetry::new(&key);
+    let wait = loop {
+        retry.attempt()?;
         match pass(&ctx, &policy).await {
             Ok(Pass::Again) => continue,
-            Ok(Pass::Done(wait)) => {
-                record::clear_error(&ctx, &policy);
-                tracing::debug!(
-                    service = %policy.service,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    requeue_ms = wait.as_millis() as u64,
-                    "Reconciled."
-                );
-                return Ok(Requeue::requeue(wait));
-            }
+            Ok(Pass::Done(wait)) => break wait,
             Err(Error::Conflict { name }) => {
                 tracing::debug!(service = %policy.service, object = %name, "Conflict; retrying from fresh state.");
                 continue;
@@ -74,10 +67,15 @@ pub async fn reconcile(obj: Arc<Deployment>, ctx: Arc<Context>) -> Result<Requeu
             }
             Err(e) => return Err(e),
         }
-    }
-    Err(Error::Conflict {
-        name: format!("{}/{}", policy.namespace, policy.deployment),
-    })
+    };
+    record::clear_error(&ctx, &policy);
+    tracing::debug!(
+        service = %policy.service,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        requeue_ms = wait.as_millis() as u64,
+        "Reconciled."
+    );
+    Ok(Requeue::requeue(wait))
 }
 
 /// The controller's error policy: count, remember, retry soon.
@@ -288,15 +286,8 @@ async fn carry_out(
                 rollout::format_secs(policy.progress_deadline.as_secs()),
                 f.error
             );
-            let reason = Reason::ActionFailed.to_string();
-            act::publish(
-                ctx,
-                &observed.deployment,
-                EventKind::Warning,
-                &reason,
-                &message,
-            )
-            .await;
+            let (kind, reason) = (EventKind::Warning, Reason::ActionFailed);
+            act::publish(ctx, &observed.deployment, kind, reason, &message).await;
         }
     }
     Ok(Finished::Failing(pending))

@@ -25,7 +25,8 @@ pub fn phase_name(phase: &Phase) -> &'static str {
     }
 }
 
-fn decision_label(d: Decision) -> &'static str {
+/// A decision as the board, the decisions metric and `canaryd status` name it.
+pub fn decision_label(d: Decision) -> &'static str {
     match d {
         Decision::Promote => "promote",
         Decision::Continue => "continue",

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use kube::Client;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::alerts::poll::{self as alerts_poll, POLL_INTERVAL};
 use crate::controller::{self, Context};
@@ -62,21 +64,134 @@ impl Tokens {
             .map_err(|e| e.to_string())?;
         Ok(tokens)
     }
+}
 
-    /// Follows rotations of the token files until shutdown.
-    fn follow(&self, stop: &watch::Receiver<bool>) {
-        for (what, token) in [("alert", &self.alert), ("read", &self.read)] {
-            if let Some(token) = token.clone() {
-                let stop = flagged(stop.clone());
-                tokio::spawn(async move { token.follow(what, stop).await });
-            }
+/// Follows rotations of the server's token files until `stop`.
+fn follow_tokens(state: &ServerState, stop: &watch::Receiver<bool>) {
+    for (what, token) in [("alert", &state.alert_token), ("read", &state.read_token)] {
+        if let Some(token) = token.clone() {
+            let stop = flagged(stop.clone());
+            tokio::spawn(async move { token.follow(what, stop).await });
         }
     }
+}
+
+/// Starts the cluster-wide alert record: set on the server state before the
+/// server starts, so no notification skips it, and watched until `stop`.
+fn start_alert_record(
+    client: &Client,
+    args: &crate::cli::run::Args,
+    state: &Arc<ServerState>,
+    store: &PolicyStore,
+    stop: &watch::Receiver<bool>,
+) {
+    let record = Arc::new(AlertRecordStore::new(
+        client.clone(),
+        &args.lease_namespace,
+        &format!("{}{RECORD_SUFFIX}", args.lease_name),
+        store.subscribe(),
+    ));
+    // Only set here, once.
+    let _ = state.alert_record.set(record.clone());
+    tokio::spawn(record.watch(state.clone(), flagged(stop.clone())));
 }
 
 /// Resolves once `rx` holds true.
 async fn flagged(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Loads the policies and builds the shared state; an `Err` is the exit code.
+fn prepare(args: &crate::cli::run::Args) -> Result<(Arc<ServerState>, Arc<PolicyStore>), ExitCode> {
+    let tokens = Tokens::open(args).map_err(fail)?;
+    let metrics = Metrics::new().map_err(|e| fail(format!("registering metrics: {e}")))?;
+    let mut state = ServerState::new(metrics, None);
+    state.alert_token = tokens.alert;
+    state.read_token = tokens.read;
+    let state = Arc::new(state);
+    let store = Arc::new(PolicyStore::open(&args.policies).attach(state.clone()));
+    let (policies, errors) = (store.current(), store.errors());
+    if policies.is_empty() && !errors.is_empty() {
+        for e in errors.iter() {
+            eprintln!("{e}");
+        }
+        return Err(fail(Error::LoadPolicies(errors.to_vec())));
+    }
+    state
+        .readiness
+        .policies_loaded
+        .store(true, Ordering::Relaxed);
+    Ok((state, store))
+}
+
+/// Builds the Kubernetes client and checks that the API answers (a failure
+/// there is only logged: readiness waits for it).
+async fn connect(state: &ServerState) -> Result<Client, ExitCode> {
+    let client = crate::k8s::client::client().await.map_err(fail)?;
+    match client.apiserver_version().await {
+        Ok(v) => {
+            state
+                .readiness
+                .kube_reachable
+                .store(true, Ordering::Relaxed);
+            tracing::info!(version = %v.git_version, "Kubernetes API reachable.");
+        }
+        Err(e) => tracing::warn!(error = %e, "Kubernetes API not reachable yet."),
+    }
+    Ok(client)
+}
+
+/// Marks leadership known (and the API reachable) once the first Lease attempt finished.
+fn track_readiness(state: Arc<ServerState>, mut leader: watch::Receiver<Leadership>) {
+    tokio::spawn(async move {
+        if leader.wait_for(|l| l.is_known()).await.is_ok() {
+            let readiness = &state.readiness;
+            readiness.leadership_known.store(true, Ordering::Relaxed);
+            readiness.kube_reachable.store(true, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Reports a task that ended with an error (or panic); its exit code then.
+fn ended<E: std::fmt::Display>(
+    what: &str,
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> Option<ExitCode> {
+    match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(fail(e)),
+        Err(e) => Some(fail(format!("the {what} task failed: {e}"))),
+    }
+}
+
+/// Waits for the controller (it ends on shutdown) while the lease task must
+/// outlive it; then stops the lease (releasing it) and waits for the server.
+async fn wait_and_stop(
+    controller: impl std::future::Future<Output = ()>,
+    mut lease_task: JoinHandle<crate::Result<()>>,
+    lease_stop: watch::Sender<bool>,
+    server_task: JoinHandle<crate::Result<()>>,
+) -> ExitCode {
+    tokio::pin!(controller);
+    let lease_died = tokio::select! {
+        _ = &mut controller => None,
+        ended = &mut lease_task => Some(ended),
+    };
+    if let Some(ended) = lease_died {
+        let why = match ended {
+            Ok(Ok(())) => String::from("the lease task ended"),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the lease task failed: {e}"),
+        };
+        return fail(format!("{why}; exiting"));
+    }
+    lease_stop.send_replace(true);
+    let lease_code = ended("lease", lease_task.await);
+    let server_code = ended("server", server_task.await);
+    tracing::info!("Stopped.");
+    server_code
+        .or(lease_code)
+        .unwrap_or_else(|| crate::cli::exit(crate::cli::EXIT_OK))
 }
 
 /// Runs the daemon until SIGTERM; exit code 0 after a clean shutdown.
@@ -90,30 +205,10 @@ pub async fn run(
     args: crate::cli::run::Args,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
-    let tokens = match Tokens::open(&args) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
+    let (state, store) = match prepare(&args) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
-    let metrics = match Metrics::new() {
-        Ok(m) => m,
-        Err(e) => return fail(format!("registering metrics: {e}")),
-    };
-    let mut state = ServerState::new(metrics, None);
-    state.alert_token = tokens.alert.clone();
-    state.read_token = tokens.read.clone();
-    let state = Arc::new(state);
-    let store = Arc::new(PolicyStore::open(&args.policies).attach(state.clone()));
-    let (policies, errors) = (store.current(), store.errors());
-    if policies.is_empty() && !errors.is_empty() {
-        for e in errors.iter() {
-            eprintln!("{e}");
-        }
-        return fail(Error::LoadPolicies(errors.to_vec()));
-    }
-    state
-        .readiness
-        .policies_loaded
-        .store(true, Ordering::Relaxed);
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(source) => {
@@ -123,24 +218,14 @@ pub async fn run(
             })
         }
     };
-    let client = match crate::k8s::client::client().await {
+    let client = match connect(&state).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
-    match client.apiserver_version().await {
-        Ok(v) => {
-            state
-                .readiness
-                .kube_reachable
-                .store(true, Ordering::Relaxed);
-            tracing::info!(version = %v.git_version, "Kubernetes API reachable.");
-        }
-        Err(e) => tracing::warn!(error = %e, "Kubernetes API not reachable yet."),
-    }
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     tracing::info!(
-        policies = policies.len(),
-        policy_errors = errors.len(),
+        policies = store.current().len(),
+        policy_errors = store.errors().len(),
         policy_path = %args.policies.display(),
         listen = %args.listen,
         identity = %identity,
@@ -154,43 +239,22 @@ pub async fn run(
         tracing::info!("Shutting down: finishing the current action.");
         stop_tx.send_replace(true);
     });
-    let record = Arc::new(AlertRecordStore::new(
-        client.clone(),
-        &args.lease_namespace,
-        &format!("{}{RECORD_SUFFIX}", args.lease_name),
-        store.subscribe(),
-    ));
-    // Set before the server starts, so no notification skips the record.
-    let _ = state.alert_record.set(record.clone());
-    tokio::spawn(record.watch(state.clone(), flagged(stop_rx.clone())));
-    tokens.follow(&stop_rx);
+    start_alert_record(&client, &args, &state, &store, &stop_rx);
+    follow_tokens(&state, &stop_rx);
     let server_task = tokio::spawn(server::serve(
         listener,
         state.clone(),
         flagged(stop_rx.clone()),
     ));
 
-    let (leader_tx, leader_rx) = watch::channel::<Leadership>(None);
+    let (leader_tx, leader_rx) = watch::channel(Leadership::Unknown);
     let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
     let elector = Elector::new(
         client.clone(),
         LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity),
     );
-    let mut lease_task = tokio::spawn(lease::run(elector, leader_tx, lease_stop_rx));
-    let readiness_state = state.clone();
-    let mut known = leader_rx.clone();
-    tokio::spawn(async move {
-        if known.wait_for(Option::is_some).await.is_ok() {
-            readiness_state
-                .readiness
-                .leadership_known
-                .store(true, Ordering::Relaxed);
-            readiness_state
-                .readiness
-                .kube_reachable
-                .store(true, Ordering::Relaxed);
-        }
-    });
+    let lease_task = tokio::spawn(lease::run(elector, leader_tx, lease_stop_rx));
+    track_readiness(state.clone(), leader_rx.clone());
 
     tokio::spawn(store.clone().run(flagged(stop_rx.clone())));
     tokio::spawn(alerts_poll::run(
@@ -207,32 +271,5 @@ pub async fn run(
         &identity,
     ));
     let controller = controller::run(ctx, flagged(stop_rx.clone()));
-    tokio::pin!(controller);
-    // The controller ends on shutdown; the lease task must outlive it.
-    let lease_died = tokio::select! {
-        _ = &mut controller => None,
-        ended = &mut lease_task => Some(ended),
-    };
-    if let Some(ended) = lease_died {
-        let why = match ended {
-            Ok(Ok(())) => String::from("the lease task ended"),
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => format!("the lease task failed: {e}"),
-        };
-        return fail(format!("{why}; exiting"));
-    }
-    lease_stop_tx.send_replace(true);
-    let mut code = crate::cli::exit(crate::cli::EXIT_OK);
-    match lease_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => code = fail(e),
-        Err(e) => code = fail(format!("the lease task failed: {e}")),
-    }
-    match server_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => code = fail(e),
-        Err(e) => code = fail(format!("the server task failed: {e}")),
-    }
-    tracing::info!("Stopped.");
-    code
+    wait_and_stop(controller, lease_task, lease_stop_tx, server_task).await
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::policy::{Notification, NotificationKind, Policy};
+use crate::rollout::{EventKind, Reason};
 
 /// How long one notification may take before it is abandoned.
 pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,9 +24,9 @@ pub fn client() -> &'static reqwest::Client {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutNote<'a> {
     /// `Normal` or `Warning`.
-    pub kind: &'a str,
+    pub kind: EventKind,
     /// The Event reason, e.g. `RolledBack`.
-    pub reason: &'a str,
+    pub reason: Reason,
     /// The Event message, with the verdict's numbers.
     pub message: &'a str,
 }
@@ -37,12 +38,12 @@ pub fn body(kind: NotificationKind, policy: &Policy, note: &RolloutNote<'_>) -> 
             "service": policy.service,
             "namespace": policy.namespace,
             "deployment": policy.deployment,
-            "type": note.kind,
-            "reason": note.reason,
+            "type": note.kind.as_str(),
+            "reason": note.reason.to_string(),
             "message": note.message,
         }),
         NotificationKind::Slack => {
-            let icon = if note.kind == "Warning" {
+            let icon = if note.kind == EventKind::Warning {
                 ":warning:"
             } else {
                 ":large_green_circle:"
@@ -84,7 +85,7 @@ async fn post_one(
         tracing::warn!(
             service = %policy.service,
             url = %receiver.url,
-            reason = note.reason,
+            reason = %note.reason,
             error = %e,
             "Notification failed."
         );
@@ -112,8 +113,8 @@ mod tests {
     }
 
     const NOTE: RolloutNote<'static> = RolloutNote {
-        kind: "Warning",
-        reason: "RolledBack",
+        kind: EventKind::Warning,
+        reason: Reason::RolledBack,
         message: "errors: e=59.9/40 canary 14/750 vs baseline 2/767",
     };
 

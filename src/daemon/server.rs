@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::alerts::{parse_webhook, FiringAlerts, Source, WebhookAlert};
@@ -25,8 +25,8 @@ use crate::k8s::alert_record::AlertRecordStore;
 /// Largest accepted webhook body. 1,000 alerts with rich labels stay well below.
 pub const MAX_ALERT_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// One managed service as `/v1/rollouts` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One managed service as `/v1/rollouts` shows it (and `canaryd status` reads it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     /// Service name from the policy.
@@ -54,7 +54,7 @@ pub struct ServiceStatus {
 }
 
 /// Everything `/v1/rollouts` reports.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusBoard {
     /// Every managed service.

@@ -281,9 +281,33 @@ pub fn is_loopback_url(url: &str) -> bool {
     }
 }
 
-/// Sends `rps` requests per second, round-robin over the targets, for
-/// `duration`, then waits (at most [`LOAD_DRAIN_TIMEOUT`]) for answers.
-pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, DemoError> {
+impl Counters {
+    /// Counts one answer (or its absence).
+    fn count(&self, answer: reqwest::Result<reqwest::Response>) {
+        let counter = match answer {
+            Ok(r) if r.status().is_success() => &self.ok,
+            Ok(r) if r.status().is_server_error() => &self.server_errors,
+            Ok(_) => &self.other_status,
+            Err(_) => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self, url: &str) -> TargetReport {
+        TargetReport {
+            url: url.to_string(),
+            sent: self.sent.load(Ordering::Relaxed),
+            ok: self.ok.load(Ordering::Relaxed),
+            server_errors: self.server_errors.load(Ordering::Relaxed),
+            other_status: self.other_status.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Rejects settings out of range and targets off the loopback interface.
+fn validate_load(config: &LoadConfig) -> Result<(), DemoError> {
     if !(config.rps.is_finite() && config.rps > 0.0 && config.rps <= MAX_LOAD_RPS) {
         return Err(DemoError::Invalid(format!(
             "rps {} must be within (0, {MAX_LOAD_RPS}]",
@@ -302,6 +326,28 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, DemoError> {
     if let Some(bad) = config.targets.iter().find(|u| !is_loopback_url(u)) {
         return Err(DemoError::NotLoopback(bad.clone()));
     }
+    Ok(())
+}
+
+/// Waits at most [`LOAD_DRAIN_TIMEOUT`] for the requests in flight, then abandons them.
+async fn drain(mut tasks: tokio::task::JoinSet<()>) {
+    let drained = tokio::time::timeout(LOAD_DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            in_flight = tasks.len(),
+            "load requests still in flight after the drain timeout; abandoning them"
+        );
+        tasks.abort_all();
+    }
+}
+
+/// Sends `rps` requests per second, round-robin over the targets, for
+/// `duration`, then waits (at most [`LOAD_DRAIN_TIMEOUT`]) for answers.
+pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, DemoError> {
+    validate_load(config)?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(LOAD_REQUEST_TIMEOUT)
@@ -325,45 +371,19 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, DemoError> {
         let request = client.get(&config.targets[target]);
         let counters = counters.clone();
         tasks.spawn(async move {
-            let c = &counters[target];
-            match request.send().await {
-                Ok(r) if r.status().is_success() => c.ok.fetch_add(1, Ordering::Relaxed),
-                Ok(r) if r.status().is_server_error() => {
-                    c.server_errors.fetch_add(1, Ordering::Relaxed)
-                }
-                Ok(_) => c.other_status.fetch_add(1, Ordering::Relaxed),
-                Err(_) => c.failed.fetch_add(1, Ordering::Relaxed),
-            };
+            counters[target].count(request.send().await);
             drop(permit);
         });
         // Reap finished tasks so the set stays small.
         while tasks.try_join_next().is_some() {}
     }
-    let drained = tokio::time::timeout(LOAD_DRAIN_TIMEOUT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            in_flight = tasks.len(),
-            "load requests still in flight after the drain timeout; abandoning them"
-        );
-        tasks.abort_all();
-    }
+    drain(tasks).await;
     let elapsed_secs = started.elapsed().as_secs_f64();
     let targets = config
         .targets
         .iter()
         .zip(counters.iter())
-        .map(|(url, c)| TargetReport {
-            url: url.clone(),
-            sent: c.sent.load(Ordering::Relaxed),
-            ok: c.ok.load(Ordering::Relaxed),
-            server_errors: c.server_errors.load(Ordering::Relaxed),
-            other_status: c.other_status.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            skipped: c.skipped.load(Ordering::Relaxed),
-        })
+        .map(|(url, c)| c.report(url))
         .collect();
     Ok(LoadReport {
         elapsed_secs,

@@ -12,11 +12,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use kube::Client;
 use tokio::sync::watch;
 
+use super::{post_params, ApiFailure, ConflictRetry, MANAGED_BY};
 use crate::alerts::record::{AlertRecord, RecordChanges};
 use crate::alerts::{Patterns, WebhookAlert};
 use crate::daemon::server::ServerState;
@@ -28,10 +29,6 @@ pub const RECORD_KEY: &str = "alerts.json";
 
 /// Suffix of the record's name after the Lease's (`canaryd` → `canaryd-alerts`).
 pub const RECORD_SUFFIX: &str = "-alerts";
-
-/// Most read-modify-write attempts for one notification; each conflict means
-/// another replica wrote in between, and the next attempt starts from its write.
-pub const MAX_RECORD_WRITES: usize = 8;
 
 /// How often the watcher re-reads its last record without an event, so
 /// alerts that reach their `endsAt` or expire leave the index on time.
@@ -81,14 +78,17 @@ impl AlertRecordStore {
 
     /// Applies a notification to the record: read, change, write with the
     /// read resourceVersion as precondition, again from a fresh read on a
-    /// conflict. Returns the record as written (or as read when nothing
+    /// conflict (at most [`super::MAX_CONFLICT_RETRIES`] attempts). Returns the record as written (or as read when nothing
     /// changed) and what changed.
     pub async fn apply(
         &self,
         alerts: &[WebhookAlert],
         now_ms: i64,
     ) -> Result<(AlertRecord, RecordChanges)> {
-        for _ in 0..MAX_RECORD_WRITES {
+        let name = self.full_name();
+        let mut retry = ConflictRetry::new(&name);
+        loop {
+            retry.attempt()?;
             let stored = self
                 .api
                 .get_opt(&self.name)
@@ -96,7 +96,7 @@ impl AlertRecordStore {
                 .map_err(|e| self.failed(e))?;
             let mut record = stored
                 .as_ref()
-                .and_then(|cm| decode(cm, &self.full_name()))
+                .and_then(|cm| decode(cm, &name))
                 .unwrap_or_default();
             let changes = record.apply(alerts, |l| self.relevant(l), now_ms);
             if !changes.dirty {
@@ -104,13 +104,10 @@ impl AlertRecordStore {
             }
             match self.write(stored, &record).await {
                 Ok(()) => return Ok((record, changes)),
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => continue,
                 Err(e) => return Err(self.failed(e)),
             }
         }
-        Err(Error::Conflict {
-            name: self.full_name(),
-        })
     }
 
     async fn write(
@@ -119,10 +116,7 @@ impl AlertRecordStore {
         record: &AlertRecord,
     ) -> std::result::Result<(), kube::Error> {
         let data = BTreeMap::from([(RECORD_KEY.to_string(), record.to_json())]);
-        let params = PostParams {
-            field_manager: Some(super::target::FIELD_MANAGER.to_string()),
-            ..PostParams::default()
-        };
+        let params = post_params();
         match stored {
             // The read resourceVersion stays in the object: a write in between is a 409.
             Some(mut cm) => {
@@ -135,7 +129,7 @@ impl AlertRecordStore {
                         name: Some(self.name.clone()),
                         labels: Some(BTreeMap::from([(
                             "app.kubernetes.io/managed-by".to_string(),
-                            "canaryd".to_string(),
+                            MANAGED_BY.to_string(),
                         )])),
                         ..ObjectMeta::default()
                     },

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::k8s::target::FIELD_MANAGER;
+use crate::k8s::{post_params, ApiFailure};
 use crate::{Error, Result};
 
 /// Default name of the Lease (`--lease-name`); the alert record is named after it.
@@ -66,8 +66,29 @@ impl LeaseConfig {
     }
 }
 
-/// Leadership as last determined: `None` before the first attempt finished.
-pub type Leadership = Option<bool>;
+/// Leadership as last determined, published on a watch channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Leadership {
+    /// The first attempt has not finished yet.
+    #[default]
+    Unknown,
+    /// This instance holds the Lease and acts.
+    Leader,
+    /// Another instance holds the Lease (or this one stopped acting).
+    Follower,
+}
+
+impl Leadership {
+    /// Whether this instance acts.
+    pub fn is_leader(self) -> bool {
+        self == Leadership::Leader
+    }
+
+    /// Whether the first attempt has finished (either answer).
+    pub fn is_known(self) -> bool {
+        self != Leadership::Unknown
+    }
+}
 
 /// Acquires and renews one Lease.
 pub struct Elector {
@@ -87,14 +108,6 @@ fn spec_key(spec: &LeaseSpec) -> (String, String) {
     )
 }
 
-/// Write options naming canaryd's field manager.
-fn post_params() -> PostParams {
-    PostParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PostParams::default()
-    }
-}
-
 impl Elector {
     /// An elector for `config`'s Lease.
     pub fn new(client: Client, config: LeaseConfig) -> Self {
@@ -112,13 +125,16 @@ impl Elector {
     }
 
     fn error(&self, e: kube::Error) -> Error {
-        let message = match &e {
-            kube::Error::Api(s) if s.code == 403 => format!("{FORBIDDEN_PREFIX}{e}"),
-            _ => e.to_string(),
-        };
-        Error::Lease {
-            name: self.config.full_name(),
-            message,
+        let name = self.config.full_name();
+        match ApiFailure::of(&e) {
+            ApiFailure::Forbidden => Error::LeaseForbidden {
+                name,
+                source: Box::new(e),
+            },
+            _ => Error::Lease {
+                name,
+                source: Box::new(e),
+            },
         }
     }
 
@@ -164,7 +180,7 @@ impl Elector {
             return match self.api.create(&post_params(), &lease).await {
                 Ok(_) => Ok(true),
                 // Another instance created it first.
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => Ok(false),
                 Err(e) => Err(self.error(e)),
             };
         };
@@ -207,7 +223,7 @@ impl Elector {
                 self.observed = Some((key.0, key.1, Instant::now()));
                 Ok(true)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => Ok(false),
             Err(e) => Err(self.error(e)),
         }
     }
@@ -228,17 +244,10 @@ impl Elector {
         match self.replace(&lease).await {
             Ok(_) => Ok(()),
             // Someone else took it in the meantime: nothing left to release.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => Ok(()),
             Err(e) => Err(self.error(e)),
         }
     }
-}
-
-/// Marks a Lease error as an RBAC refusal, which retrying cannot fix.
-const FORBIDDEN_PREFIX: &str = "forbidden: ";
-
-fn is_forbidden(e: &Error) -> bool {
-    matches!(e, Error::Lease { message, .. } if message.starts_with(FORBIDDEN_PREFIX))
 }
 
 /// Runs the election until `shutdown` turns true, publishing leadership on
@@ -255,24 +264,25 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        let was_leader = leader.borrow().unwrap_or(false);
+        let was_leader = leader.borrow().is_leader();
         match elector.try_acquire_or_renew().await {
             Ok(true) => {
                 last_renewal = Some(Instant::now());
                 if !was_leader {
                     tracing::info!(lease = %config.full_name(), identity = %config.identity, "Acquired leadership.");
                 }
-                leader.send_replace(Some(true));
+                leader.send_replace(Leadership::Leader);
             }
             Ok(false) => {
                 if was_leader {
                     tracing::warn!(lease = %config.full_name(), identity = %config.identity, "Lost leadership.");
                 }
                 last_renewal = None;
-                leader.send_replace(Some(false));
+                leader.send_replace(Leadership::Follower);
             }
-            Err(e) if is_forbidden(&e) => {
-                leader.send_replace(Some(false));
+            // RBAC refuses the Lease: retrying cannot fix it.
+            Err(e @ Error::LeaseForbidden { .. }) => {
+                leader.send_replace(Leadership::Follower);
                 return Err(e);
             }
             Err(e) => {
@@ -283,7 +293,7 @@ pub async fn run(
                     if was_leader {
                         tracing::warn!(lease = %config.full_name(), "Renew deadline passed; stopping.");
                     }
-                    leader.send_replace(Some(false));
+                    leader.send_replace(Leadership::Follower);
                 }
             }
         }
@@ -292,8 +302,8 @@ pub async fn run(
             _ = shutdown.changed() => {}
         }
     }
-    let held = leader.borrow().unwrap_or(false);
-    leader.send_replace(Some(false));
+    let held = leader.borrow().is_leader();
+    leader.send_replace(Leadership::Follower);
     if held {
         elector.release().await?;
         tracing::info!(lease = %config.full_name(), identity = %config.identity, "Released leadership.");

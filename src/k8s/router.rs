@@ -3,9 +3,11 @@
 //!
 //! Both weighted routers send the canary's share to a `<service>-canary`
 //! Service that selects only canary pods. Objects canaryd creates are
-//! server-side applied with field manager [`FIELD_MANAGER`] and owned by the
-//! target Deployment; objects it only edits (the HTTPRoute, the active
-//! Service) are written with their resourceVersion as a precondition.
+//! server-side applied with field manager
+//! [`FIELD_MANAGER`](crate::k8s::FIELD_MANAGER) and owned by the target
+//! Deployment; objects it only edits (the HTTPRoute, the active Service) are
+//! written with their resourceVersion as a precondition, and a conflict is
+//! retried from a fresh read ([`crate::k8s::retry_on_conflict`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,14 +17,12 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
 };
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::k8s::target::{
-    owner_reference, Arm, FIELD_MANAGER, MANAGED_BY, MAX_CONFLICT_RETRIES, ROLE_LABEL,
-};
+use crate::k8s::target::{owner_reference, Arm, ROLE_LABEL};
+use crate::k8s::{self, ApiFailure, MANAGED_BY};
 use crate::policy::{Policy, Traffic};
 use crate::{Error, Result};
 
@@ -127,7 +127,7 @@ where
 {
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) if ApiFailure::of(&e) == ApiFailure::NotFound => Ok(()),
         Err(source) => Err(Error::DeleteObject {
             kind,
             name: format!("{ns}/{name}"),
@@ -216,13 +216,9 @@ where
             });
         }
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(desired),
-    )
-    .await
-    .map_err(&err)?;
+    api.patch(&name, &k8s::apply_params(), &Patch::Apply(desired))
+        .await
+        .map_err(&err)?;
     Ok(())
 }
 
@@ -380,7 +376,10 @@ where
     let ar = httproute_resource();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     let err = weight_error("HTTPRoute", ns, route);
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let full = format!("{ns}/{route}");
+    let mut retry = k8s::ConflictRetry::new(&full);
+    loop {
+        retry.attempt()?;
         let mut obj = api.get(route).await.map_err(&err)?;
         let before = obj.data.get("spec").cloned().unwrap_or(Value::Null);
         let mut spec = before.clone();
@@ -389,19 +388,12 @@ where
             return Ok(spec);
         }
         obj.data["spec"] = spec.clone();
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PostParams::default()
-        };
-        match api.replace(route, &pp, &obj).await {
+        match api.replace(route, &k8s::post_params(), &obj).await {
             Ok(_) => return Ok(spec),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => continue,
             Err(e) => return Err(err(e)),
         }
     }
-    Err(Error::Conflict {
-        name: format!("{ns}/{route}"),
-    })
 }
 
 async fn set_route_weight(
@@ -441,11 +433,14 @@ pub async fn switch_selector(
     version: &str,
 ) -> Result<()> {
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let full = format!("{ns}/{service}");
     let err = |e: kube::Error| Error::SwitchSelector {
-        name: format!("{ns}/{service}"),
+        name: full.clone(),
         message: e.to_string(),
     };
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let mut retry = k8s::ConflictRetry::new(&full);
+    loop {
+        retry.attempt()?;
         let svc = api.get(service).await.map_err(err)?;
         let current = svc
             .spec
@@ -459,19 +454,15 @@ pub async fn switch_selector(
             "metadata": {"resourceVersion": svc.metadata.resource_version},
             "spec": {"selector": {label: version}},
         });
-        let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
-        match api.patch(service, &pp, &Patch::Merge(&patch)).await {
+        match api
+            .patch(service, &k8s::patch_params(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => continue,
             Err(e) => return Err(err(e)),
         }
     }
-    Err(Error::Conflict {
-        name: format!("{ns}/{service}"),
-    })
 }
 
 #[cfg(test)]

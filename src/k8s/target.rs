@@ -1,25 +1,25 @@
 //! The managed Deployment and its canary and baseline: observe them as the
 //! engine's [`rollout::Target`], create, scale and delete the canary and
-//! baseline, pause, promote and restore the target.
+//! baseline, and write the target (its pause flag, template and annotations
+//! change in the controller's commit).
 //!
 //! Every write to the target carries the resourceVersion it was read at (an
 //! HTTP 409 becomes [`Error::Conflict`]); canary and baseline are written by
-//! server-side apply with field manager [`FIELD_MANAGER`].
+//! server-side apply with field manager [`FIELD_MANAGER`](crate::k8s::FIELD_MANAGER).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, Preconditions};
 use kube::{Client, Resource, ResourceExt};
 
+use crate::k8s::{self, ApiFailure, MANAGED_BY};
 use crate::policy::{Policy, Strategy};
 use crate::rollout::{self, PodCounts};
 use crate::{Error, Result};
 
-/// Field manager of every canaryd write.
-pub const FIELD_MANAGER: &str = "canaryd";
 /// Label telling canary and baseline pods apart (`canary` or `baseline`).
 pub const ROLE_LABEL: &str = "canaryd.io/role";
 /// Annotation on the target holding the versioned [`rollout::RolloutState`] JSON.
@@ -36,10 +36,6 @@ pub const ABORT_ANNOTATION: &str = "canaryd.io/abort";
 pub const TEMPLATE_HASH_ANNOTATION: &str = "canaryd.io/template-hash";
 /// Label the Deployment controller adds to ReplicaSet templates.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
-/// `app.kubernetes.io/managed-by` value on objects canaryd creates.
-pub const MANAGED_BY: &str = "canaryd";
-/// Attempts of a read-modify-write before a conflict is reported.
-pub const MAX_CONFLICT_RETRIES: usize = 5;
 
 /// Which copy of the target canaryd runs beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,18 +268,9 @@ pub async fn observe(client: &Client, policy: &Policy) -> Result<Option<Observed
     )))
 }
 
-/// Builds the engine's view from objects already read (pure).
-pub fn assemble(
-    deployment: Deployment,
-    sets: &[ReplicaSet],
-    canary: Option<&Deployment>,
-    baseline: Option<&Deployment>,
-    version_label: Option<&str>,
-) -> Observed {
-    let spec = deployment.spec.clone().unwrap_or_default();
-    let replicas = spec.replicas.unwrap_or(1).max(0) as u32;
-    let status = deployment.status.clone().unwrap_or_default();
-    let desired = template_hash(&spec.template);
+/// Templates of the ReplicaSets by canaryd hash, and their pods per hash
+/// (only hashes with pods).
+fn index_sets(sets: &[ReplicaSet]) -> (BTreeMap<String, PodTemplateSpec>, BTreeMap<String, i32>) {
     let mut templates = BTreeMap::new();
     let mut pods_by_hash = BTreeMap::new();
     for rs in sets {
@@ -297,42 +284,71 @@ pub fn assemble(
             templates.insert(hash, t);
         }
     }
-    let available = |rs: &ReplicaSet| {
-        rs.status
-            .as_ref()
-            .and_then(|s| s.available_replicas)
-            .unwrap_or(0)
-    };
-    // The stable release is the ReplicaSet holding the most available pods
-    // (the newest on a tie).
-    let stable_rs = sets
-        .iter()
-        .filter(|rs| available(rs) > 0)
-        .max_by_key(|rs| (available(rs), rs_revision(rs)));
-    let stable_template = stable_rs.and_then(rs_template);
-    let stable_hash = stable_template
+    (templates, pods_by_hash)
+}
+
+fn available(rs: &ReplicaSet) -> i32 {
+    rs.status
         .as_ref()
-        .map(template_hash)
-        .unwrap_or_default();
-    // Pods beyond spec.replicas are a rollout still in progress: they do not
-    // count as the stable release being fully back or fully rolled. (Not
-    // gated on observedGeneration: canaryd's own annotation writes bump the
-    // generation, and ReplicaSet status does not depend on it.)
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+}
+
+/// The stable release: the ReplicaSet holding the most available pods (the
+/// newest on a tie).
+fn stable_set(sets: &[ReplicaSet]) -> Option<&ReplicaSet> {
+    sets.iter()
+        .filter(|rs| available(rs) > 0)
+        .max_by_key(|rs| (available(rs), rs_revision(rs)))
+}
+
+/// Pods of the stable release. Pods beyond `spec.replicas` are a rollout
+/// still in progress: they do not count as the stable release being fully
+/// back or fully rolled. (Not gated on observedGeneration: canaryd's own
+/// annotation writes bump the generation, and ReplicaSet status does not
+/// depend on it.)
+fn stable_counts(
+    stable_rs: Option<&ReplicaSet>,
+    status: &DeploymentStatus,
+    replicas: u32,
+) -> PodCounts {
     let surplus = status
         .replicas
         .unwrap_or(0)
         .saturating_sub(replicas as i32)
         .max(0);
-    let stable_ready = stable_rs
+    let ready = stable_rs
         .map(|rs| available(rs).saturating_sub(surplus).max(0) as u32)
         .unwrap_or(0);
-    let stable = PodCounts {
-        ready: stable_ready,
+    PodCounts {
+        ready,
         desired: stable_rs
             .and_then(|rs| rs.spec.as_ref().and_then(|s| s.replicas))
             .unwrap_or(0)
             .max(0) as u32,
-    };
+    }
+}
+
+/// Builds the engine's view from objects already read (pure).
+pub fn assemble(
+    deployment: Deployment,
+    sets: &[ReplicaSet],
+    canary: Option<&Deployment>,
+    baseline: Option<&Deployment>,
+    version_label: Option<&str>,
+) -> Observed {
+    let spec = deployment.spec.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1).max(0) as u32;
+    let status = deployment.status.clone().unwrap_or_default();
+    let desired = template_hash(&spec.template);
+    let (templates, pods_by_hash) = index_sets(sets);
+    let stable_rs = stable_set(sets);
+    let stable_template = stable_rs.and_then(rs_template);
+    let stable_hash = stable_template
+        .as_ref()
+        .map(template_hash)
+        .unwrap_or_default();
+    let stable = stable_counts(stable_rs, &status, replicas);
     let rolled_out = !stable_hash.is_empty()
         && stable_hash == desired
         && stable.has_ready(replicas)
@@ -368,15 +384,11 @@ pub fn assemble(
 pub async fn update_target(client: &Client, d: &Deployment) -> Result<Deployment> {
     let ns = d.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let pp = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PostParams::default()
-    };
-    api.replace(&d.name_any(), &pp, d)
+    api.replace(&d.name_any(), &k8s::post_params(), d)
         .await
-        .map_err(|source| match source {
-            kube::Error::Api(s) if s.code == 409 => Error::Conflict { name: full_name(d) },
-            source => Error::UpdateTarget {
+        .map_err(|source| match ApiFailure::of(&source) {
+            ApiFailure::Conflict => Error::Conflict { name: full_name(d) },
+            _ => Error::UpdateTarget {
                 name: full_name(d),
                 source: Box::new(source),
             },
@@ -397,7 +409,9 @@ where
 {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let full = format!("{ns}/{name}");
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let mut retry = k8s::ConflictRetry::new(&full);
+    loop {
+        retry.attempt()?;
         let mut d = api.get(name).await.map_err(|source| Error::ObserveTarget {
             name: full.clone(),
             source: Box::new(source),
@@ -406,29 +420,10 @@ where
             return Ok(d);
         }
         match update_target(client, &d).await {
-            Err(Error::Conflict { .. }) => continue,
+            Err(e) if e.is_conflict() => continue,
             other => return other,
         }
     }
-    Err(Error::Conflict { name: full })
-}
-
-/// Pauses the target so a new template does not roll out by itself.
-pub async fn pause(client: &Client, ns: &str, name: &str) -> Result<Deployment> {
-    modify_target(client, ns, name, |d| Ok(set_paused(d, true))).await
-}
-
-/// Lets the target roll to its template with its own maxSurge/maxUnavailable
-/// (like `kubectl rollout resume`), if that template is still `template_hash`.
-/// Returns whether it was resumed.
-pub async fn promote(client: &Client, ns: &str, name: &str, template_hash: &str) -> Result<bool> {
-    let mut resumed = false;
-    modify_target(client, ns, name, |d| {
-        resumed = desired_hash(d) == template_hash;
-        Ok(resumed && set_paused(d, false))
-    })
-    .await?;
-    Ok(resumed)
 }
 
 /// Puts `stable` back as the target's template if the template is still
@@ -440,38 +435,6 @@ pub fn restore_template(d: &mut Deployment, stable: &PodTemplateSpec, replacing:
     let spec = d.spec.get_or_insert_with(DeploymentSpec::default);
     spec.template = stable.clone();
     true
-}
-
-/// Restores the template of ReplicaSet `stable_hash` (like `kubectl rollout
-/// undo`) if the template is still `replacing`. The target is resumed only
-/// when its pods are not all on the stable template already, so a rollback
-/// during analysis never moves a pod. Returns whether it restored.
-pub async fn restore_stable(
-    client: &Client,
-    policy: &Policy,
-    stable_hash: &str,
-    replacing: &str,
-) -> Result<bool> {
-    let Some(observed) = observe(client, policy).await? else {
-        return Ok(false);
-    };
-    let full = format!("{}/{}", policy.namespace, policy.deployment);
-    let Some(stable) = observed.templates.get(stable_hash).cloned() else {
-        return Err(Error::MissingTemplate {
-            name: full,
-            hash: stable_hash.to_string(),
-        });
-    };
-    // Pods only on the stable template: nothing needs to roll.
-    let on_stable = observed.pods_by_hash.keys().all(|h| h == stable_hash);
-    let mut restored = false;
-    modify_target(client, &policy.namespace, &policy.deployment, |d| {
-        restored = restore_template(d, &stable, replacing);
-        let resumed = restored && !on_stable && set_paused(d, false);
-        Ok(restored || resumed)
-    })
-    .await?;
-    Ok(restored)
 }
 
 /// An ownerReference to the target: deleting the target deletes the object.
@@ -575,13 +538,9 @@ pub async fn ensure_arm(
         }
     }
     let desired = arm_deployment(target, arm, template, replicas);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await
-    .map_err(wrap)
+    api.patch(&name, &k8s::apply_params(), &Patch::Apply(&desired))
+        .await
+        .map_err(wrap)
 }
 
 /// Deletes the canary or baseline of target `deployment` (404 counts as
@@ -610,8 +569,11 @@ pub async fn delete_arm(client: &Client, ns: &str, deployment: &str, arm: Arm) -
     });
     match api.delete(&name, &dp).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(source) => Err(err(source)),
+        Err(e) => match ApiFailure::of(&e) {
+            // Gone already, or replaced by a new object of that name (uid precondition).
+            ApiFailure::NotFound | ApiFailure::Conflict => Ok(()),
+            _ => Err(err(e)),
+        },
     }
 }
 

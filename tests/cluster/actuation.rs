@@ -9,6 +9,7 @@ use crate::support::cluster;
 use std::path::Path;
 use std::time::Duration;
 
+use canaryd::k8s;
 use canaryd::k8s::router::{self, httproute_resource, NGINX_CANARY, NGINX_CANARY_WEIGHT};
 use canaryd::k8s::target::{self, Arm, ROLE_LABEL};
 use canaryd::policy::{parse_str, Policy};
@@ -80,6 +81,67 @@ async fn create_rolled_out(
     (p, o)
 }
 
+/// Writes the target the way the daemon's commit does (`act::commit`): the
+/// Deployment as observed, edited by `change`, in one update preconditioned
+/// on its resourceVersion; a conflict starts over from a fresh read.
+/// Returns whether `change` changed anything.
+async fn commit<F>(client: &Client, policy: &Policy, mut change: F) -> bool
+where
+    F: FnMut(&mut Deployment, &target::Observed) -> bool,
+{
+    let name = format!("{}/{}", policy.namespace, policy.deployment);
+    let mut retry = k8s::ConflictRetry::new(&name);
+    loop {
+        retry.attempt().expect("commit within the conflict retries");
+        let o = target::observe(client, policy)
+            .await
+            .expect("observe")
+            .expect("target exists");
+        let mut d = o.deployment.clone();
+        if !change(&mut d, &o) {
+            return false;
+        }
+        match target::update_target(client, &d).await {
+            Ok(_) => return true,
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => panic!("update target: {e}"),
+        }
+    }
+}
+
+/// Pauses the target, as the commit does while a rollout is analysed.
+async fn pause(client: &Client, policy: &Policy) {
+    commit(client, policy, |d, _| target::set_paused(d, true)).await;
+}
+
+/// Rollback through the commit: the stable template goes back if the
+/// template is still `replacing`; the target resumes only when its pods are
+/// not all on the stable template already. Returns whether it restored.
+async fn restore(client: &Client, policy: &Policy, stable: &str, replacing: &str) -> bool {
+    let mut restored = false;
+    commit(client, policy, |d, o| {
+        let template = o.templates.get(stable).expect("stable template");
+        restored = target::restore_template(d, template, replacing);
+        let on_stable = o.pods_by_hash.keys().all(|h| h == stable);
+        let resumed = restored && !on_stable && target::set_paused(d, false);
+        restored || resumed
+    })
+    .await;
+    restored
+}
+
+/// Promotion through the commit: resumed if the template is still
+/// `template_hash`. Returns whether it was.
+async fn promote(client: &Client, policy: &Policy, template_hash: &str) -> bool {
+    let mut current = false;
+    commit(client, policy, |d, _| {
+        current = target::desired_hash(d) == template_hash;
+        current && target::set_paused(d, false)
+    })
+    .await;
+    current
+}
+
 async fn pods_with_prefix(ns: &TestNamespace, prefix: &str) -> Vec<Pod> {
     ns.api::<Pod>()
         .list(&ListParams::default())
@@ -99,9 +161,7 @@ async fn canary_and_baseline_are_created_scaled_and_deleted() {
     let (p, before) = create_rolled_out(&ns, "web", 3).await;
     let stable = before.target.stable_hash.clone();
 
-    target::pause(&client, ns.name(), "web")
-        .await
-        .expect("pause");
+    pause(&client, &p).await;
     let changed = set_image(&api, "web", V2).await;
     let desired = target::desired_hash(&changed);
     assert_ne!(desired, stable);
@@ -275,7 +335,7 @@ async fn restore_and_promote_move_the_target_between_templates() {
     let api: Api<Deployment> = ns.api();
     let (p, before) = create_rolled_out(&ns, "app", 2).await;
     let v1 = before.target.stable_hash.clone();
-    target::pause(&client, ns.name(), "app").await.unwrap();
+    pause(&client, &p).await;
     let v2 = target::desired_hash(&set_image(&api, "app", V2).await);
 
     // Rollback during analysis: the template goes back, no pod moves.
@@ -284,13 +344,13 @@ async fn restore_and_promote_move_the_target_between_templates() {
         .iter()
         .map(|p| p.metadata.uid.clone())
         .collect();
-    assert!(target::restore_stable(&client, &p, &v1, &v2).await.unwrap());
+    assert!(restore(&client, &p, &v1, &v2).await);
     let d = api.get("app").await.unwrap();
     assert_eq!(image(&d), V1);
     assert_eq!(target::desired_hash(&d), v1);
     assert!(target::is_paused(&d), "restored without resuming");
     assert!(
-        !target::restore_stable(&client, &p, &v1, &v2).await.unwrap(),
+        !restore(&client, &p, &v1, &v2).await,
         "nothing left to replace"
     );
     let uid_after: Vec<_> = pods_with_prefix(&ns, "app-")
@@ -302,25 +362,19 @@ async fn restore_and_promote_move_the_target_between_templates() {
 
     // Promotion: resumed, rolls with its own surge settings.
     set_image(&api, "app", V2).await;
-    assert!(
-        !target::promote(&client, ns.name(), "app", "not-the-template")
-            .await
-            .unwrap()
-    );
+    assert!(!promote(&client, &p, "not-the-template").await);
     assert!(target::is_paused(&api.get("app").await.unwrap()));
-    assert!(target::promote(&client, ns.name(), "app", &v2)
-        .await
-        .unwrap());
+    assert!(promote(&client, &p, &v2).await);
     assert!(!target::is_paused(&api.get("app").await.unwrap()));
     let o = wait_rolled_out(&client, &p, &v2).await;
     assert_eq!(image(&o.deployment), V2);
     for pod in pods_with_prefix(&ns, "app-").await {
         assert_eq!(pod.spec.unwrap().containers[0].image.as_deref(), Some(V2));
     }
-    target::pause(&client, ns.name(), "app").await.unwrap();
+    pause(&client, &p).await;
 
     // Rollback after promotion: like `kubectl rollout undo`.
-    assert!(target::restore_stable(&client, &p, &v1, &v2).await.unwrap());
+    assert!(restore(&client, &p, &v1, &v2).await);
     let o = wait_rolled_out(&client, &p, &v1).await;
     assert_eq!(image(&o.deployment), V1);
     ns.cleanup().await;

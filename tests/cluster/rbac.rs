@@ -267,9 +267,12 @@ async fn target_operations_work(sa: &Client, ns: &TestNamespace) {
         .expect("observe")
         .expect("target");
     assert_eq!(o.target.desired_hash, admin_view.target.desired_hash);
-    let paused = target::pause(sa, ns.name(), LIBRARY_TARGET)
-        .await
-        .expect("pause");
+    // Pause and resume as the commit writes them: one update of the target.
+    let paused = target::modify_target(sa, ns.name(), LIBRARY_TARGET, |d| {
+        Ok(target::set_paused(d, true))
+    })
+    .await
+    .expect("pause");
     assert!(target::is_paused(&paused));
     let template = o.desired_template();
     target::ensure_arm(sa, &paused, Arm::Canary, &template, 1)
@@ -288,11 +291,12 @@ async fn target_operations_work(sa: &Client, ns: &TestNamespace) {
         .await
         .unwrap();
     assert!(gone.is_none_or(|d| d.metadata.deletion_timestamp.is_some()));
-    assert!(
-        target::promote(sa, ns.name(), LIBRARY_TARGET, &o.target.desired_hash)
-            .await
-            .expect("promote")
-    );
+    let resumed = target::modify_target(sa, ns.name(), LIBRARY_TARGET, |d| {
+        Ok(target::desired_hash(d) == o.target.desired_hash && target::set_paused(d, false))
+    })
+    .await
+    .expect("promote");
+    assert!(!target::is_paused(&resumed));
 
     // ingress-nginx: canary Service and Ingress created, patched, deleted.
     ns.create_service(LIBRARY_TARGET, json!({"app": LIBRARY_TARGET}))
@@ -616,9 +620,11 @@ async fn namespaced_mode_rbac_lets_canaryd_work_and_forbids_the_rest() {
         "observe outside"
     );
     assert!(
-        target::pause(&sa, outside.name(), LIBRARY_TARGET)
-            .await
-            .is_err(),
+        target::modify_target(&sa, outside.name(), LIBRARY_TARGET, |d| {
+            Ok(target::set_paused(d, true))
+        })
+        .await
+        .is_err(),
         "pause outside"
     );
     let everywhere: Api<Deployment> = Api::all(sa.clone());
