@@ -72,16 +72,28 @@ pub enum Leadership {
     /// The first attempt has not finished yet.
     #[default]
     Unknown,
-    /// This instance holds the Lease and acts.
-    Leader,
+    /// This instance holds the Lease and may act until `until`: the start of
+    /// its last successful renewal plus the renew deadline. A leader whose
+    /// renewals stall (a hung API server, a stopped process) stops acting
+    /// then, on its own clock, before any other instance may take over at
+    /// the lease duration.
+    Leader {
+        /// When acting stops unless a renewal succeeds first.
+        until: Instant,
+    },
     /// Another instance holds the Lease (or this one stopped acting).
     Follower,
 }
 
 impl Leadership {
-    /// Whether this instance acts.
+    /// Whether this instance may act now.
     pub fn is_leader(self) -> bool {
-        self == Leadership::Leader
+        matches!(self, Leadership::Leader { until } if Instant::now() < until)
+    }
+
+    /// Whether this instance last won the Lease (whatever the deadline says).
+    fn holds(self) -> bool {
+        matches!(self, Leadership::Leader { .. })
     }
 
     /// Whether the first attempt has finished (either answer).
@@ -264,16 +276,21 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        let was_leader = leader.borrow().is_leader();
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => {
-                last_renewal = Some(Instant::now());
+        let was_leader = leader.borrow().holds();
+        let started = Instant::now();
+        // A hung request counts as a failed attempt once the deadline passes.
+        let attempt =
+            tokio::time::timeout(config.renew_deadline, elector.try_acquire_or_renew()).await;
+        match attempt {
+            Ok(Ok(true)) => {
+                last_renewal = Some(started);
                 if !was_leader {
                     tracing::info!(lease = %config.full_name(), identity = %config.identity, "Acquired leadership.");
                 }
-                leader.send_replace(Leadership::Leader);
+                let until = started + config.renew_deadline;
+                leader.send_replace(Leadership::Leader { until });
             }
-            Ok(false) => {
+            Ok(Ok(false)) => {
                 if was_leader {
                     tracing::warn!(lease = %config.full_name(), identity = %config.identity, "Lost leadership.");
                 }
@@ -281,15 +298,19 @@ pub async fn run(
                 leader.send_replace(Leadership::Follower);
             }
             // RBAC refuses the Lease: retrying cannot fix it.
-            Err(e @ Error::LeaseForbidden { .. }) => {
+            Ok(Err(e @ Error::LeaseForbidden { .. })) => {
                 leader.send_replace(Leadership::Follower);
                 return Err(e);
             }
-            Err(e) => {
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", config.renew_deadline),
+                };
                 let overdue = last_renewal.is_none_or(|t| t.elapsed() > config.renew_deadline);
-                tracing::warn!(lease = %config.full_name(), error = %e, overdue, "Lease attempt failed.");
+                tracing::warn!(lease = %config.full_name(), error = %error, overdue, "Lease attempt failed.");
                 if overdue {
-                    // Stop acting before anyone else may take over.
+                    // Acting already stopped at the deadline (see `Leadership::Leader`).
                     if was_leader {
                         tracing::warn!(lease = %config.full_name(), "Renew deadline passed; stopping.");
                     }
@@ -302,11 +323,49 @@ pub async fn run(
             _ = shutdown.changed() => {}
         }
     }
-    let held = leader.borrow().is_leader();
+    let held = leader.borrow().holds();
     leader.send_replace(Leadership::Follower);
     if held {
         elector.release().await?;
         tracing::info!(lease = %config.full_name(), identity = %config.identity, "Released leadership.");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_stops_acting_at_its_deadline_without_being_told() {
+        let now = Instant::now();
+        let acting = Leadership::Leader {
+            until: now + Duration::from_secs(60),
+        };
+        assert!(acting.is_leader() && acting.is_known());
+        // Renewals stalled (hung API server, stopped process): past the
+        // deadline it no longer acts, though nothing else changed.
+        let stalled = Leadership::Leader {
+            until: now - Duration::from_millis(1),
+        };
+        assert!(!stalled.is_leader());
+        assert!(stalled.holds(), "it still believes it holds the Lease");
+        assert!(!Leadership::Follower.is_leader());
+        assert!(!Leadership::Unknown.is_known());
+    }
+
+    #[test]
+    fn the_deadlines_order_as_client_go_s() {
+        // A leader stops acting before another instance may take over.
+        assert!(RENEW_DEADLINE < LEASE_DURATION);
+        assert!(RETRY_PERIOD < RENEW_DEADLINE);
+        assert_eq!(
+            (LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+    }
 }
