@@ -1,10 +1,12 @@
 //! The Kubernetes-facing shell: the managed Deployment and its canary and
 //! baseline ([`target`]), traffic routing ([`router`]) and leader election
-//! ([`lease`]), and the cluster-wide alert record ([`alert_record`]). Everything here talks to the API server; the decisions come
-//! from the pure [`crate::rollout`] engine.
+//! ([`lease`]), the cluster-wide alert record ([`alert_record`]) and the
+//! client with its timeouts ([`client`]). Everything here talks to the API
+//! server; the decisions come from the pure [`crate::rollout`] engine.
 //!
 //! This module holds what every write shares: the field manager, the
-//! classification of API failures and the one bounded retry on conflicts.
+//! classification of API failures, the one bounded retry on conflicts and
+//! the preconditioned server-side apply.
 
 pub mod alert_record;
 pub mod client;
@@ -13,7 +15,7 @@ pub mod rbac;
 pub mod router;
 pub mod target;
 
-use kube::api::{PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::{Error, Result};
 
@@ -111,5 +113,41 @@ impl<'a> ConflictRetry<'a> {
         }
         self.started += 1;
         Ok(())
+    }
+}
+
+/// Server-side applies `desired` (named `full` in errors) preconditioned on
+/// the resourceVersion just read: a write by anyone in between (another
+/// leader, another controller) makes it fail with 409 instead of being
+/// overwritten, and it is redone from a fresh read, at most
+/// [`MAX_CONFLICT_RETRIES`] times. `check` refuses an existing object that
+/// is not canaryd's to change.
+pub async fn apply_preconditioned<K>(
+    api: &Api<K>,
+    full: &str,
+    desired: &K,
+    check: impl Fn(&K) -> Result<()>,
+    err: impl Fn(kube::Error) -> Error,
+) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let mut retry = ConflictRetry::new(full);
+    loop {
+        retry.attempt()?;
+        let mut desired = desired.clone();
+        if let Some(existing) = api.get_opt(&name).await.map_err(&err)? {
+            check(&existing)?;
+            desired.meta_mut().resource_version = existing.meta().resource_version.clone();
+        }
+        match api
+            .patch(&name, &apply_params(), &Patch::Apply(&desired))
+            .await
+        {
+            Ok(applied) => return Ok(applied),
+            Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => continue,
+            Err(e) => return Err(err(e)),
+        }
     }
 }

@@ -194,8 +194,9 @@ async fn ensure_canary_service(
     apply_owned(&api, ns, "Service", target, &desired, &err).await
 }
 
-/// Server-side applies `desired`, unless an object of its name already
-/// belongs to another target (`ForeignObject`).
+/// Server-side applies `desired`, preconditioned on the resourceVersion
+/// read, unless an object of its name already belongs to another target
+/// (`ForeignObject`).
 async fn apply_owned<K>(
     api: &Api<K>,
     ns: &str,
@@ -208,17 +209,18 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     let name = desired.name_any();
-    if let Some(existing) = api.get_opt(&name).await.map_err(&err)? {
-        if existing.labels().get(TARGET_LABEL) != Some(&target.name_any()) {
-            return Err(Error::ForeignObject {
+    let full = format!("{ns}/{name}");
+    let check = |existing: &K| {
+        if existing.labels().get(TARGET_LABEL) == Some(&target.name_any()) {
+            Ok(())
+        } else {
+            Err(Error::ForeignObject {
                 kind,
-                name: format!("{ns}/{name}"),
-            });
+                name: full.clone(),
+            })
         }
-    }
-    api.patch(&name, &k8s::apply_params(), &Patch::Apply(desired))
-        .await
-        .map_err(&err)?;
+    };
+    k8s::apply_preconditioned(api, &full, desired, check, err).await?;
     Ok(())
 }
 

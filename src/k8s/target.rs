@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::k8s::{self, ApiFailure, MANAGED_BY};
@@ -529,18 +529,18 @@ pub async fn ensure_arm(
     };
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let uid = target.metadata.uid.clone().unwrap_or_default();
-    if let Some(existing) = api.get_opt(&name).await.map_err(wrap)? {
-        if !owned_by(&existing.metadata, &uid) {
-            return Err(Error::ForeignObject {
-                kind: "Deployment",
-                name: full,
-            });
-        }
-    }
     let desired = arm_deployment(target, arm, template, replicas);
-    api.patch(&name, &k8s::apply_params(), &Patch::Apply(&desired))
-        .await
-        .map_err(wrap)
+    let check = |existing: &Deployment| {
+        if owned_by(&existing.metadata, &uid) {
+            Ok(())
+        } else {
+            Err(Error::ForeignObject {
+                kind: "Deployment",
+                name: full.clone(),
+            })
+        }
+    };
+    k8s::apply_preconditioned(&api, &full, &desired, check, wrap).await
 }
 
 /// Deletes the canary or baseline of target `deployment` (404 counts as

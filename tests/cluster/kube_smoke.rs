@@ -544,3 +544,57 @@ async fn worst_case_state_annotation_round_trips_through_the_apiserver() {
     );
     ns.cleanup().await;
 }
+
+/// canaryd's writes of canary, baseline and routing objects are server-side
+/// applies carrying the resourceVersion just read: the API server must refuse
+/// one whose version is outdated (a stale leader's write), and
+/// `apply_preconditioned` must redo a refused one from a fresh read.
+#[tokio::test]
+async fn an_apply_with_an_outdated_resource_version_is_refused() {
+    let ns = TestNamespace::create().await;
+    let api: Api<Deployment> = ns.api();
+    let created = api
+        .create(
+            &PostParams::default(),
+            &cluster::deployment("fenced", 1, "registry.invalid/x:v1"),
+        )
+        .await
+        .expect("create");
+    let stale = created.metadata.resource_version.clone();
+    let patch = json!({"metadata": {"annotations": {"someone/else": "wrote"}}});
+    api.patch("fenced", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("a write in between");
+    let mut desired = cluster::deployment("fenced", 2, "registry.invalid/x:v1");
+    desired.metadata.resource_version = stale;
+    let refused = api
+        .patch(
+            "fenced",
+            &canaryd::k8s::apply_params(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .expect_err("an outdated resourceVersion must be refused");
+    assert_eq!(
+        canaryd::k8s::ApiFailure::of(&refused),
+        canaryd::k8s::ApiFailure::Conflict,
+        "{refused}"
+    );
+    // Through canaryd's helper: read, precondition, apply.
+    let mut desired = cluster::deployment("fenced", 2, "registry.invalid/x:v1");
+    desired.metadata.resource_version = None;
+    let applied = canaryd::k8s::apply_preconditioned(
+        &api,
+        "fenced",
+        &desired,
+        |_| Ok(()),
+        |e| canaryd::Error::ApplyCanary {
+            name: "fenced".into(),
+            source: Box::new(e),
+        },
+    )
+    .await
+    .expect("applied from a fresh read");
+    assert_eq!(applied.spec.and_then(|s| s.replicas), Some(2));
+    ns.cleanup().await;
+}
