@@ -69,7 +69,7 @@ fn ends_at<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Er
     let Some(text) = Option::<String>::deserialize(de)? else {
         return Ok(None);
     };
-    let at: k8s_openapi::jiff::Timestamp = text
+    let at: jiff::Timestamp = text
         .parse()
         .map_err(|e| serde::de::Error::custom(format!("not an RFC 3339 time: {e}")))?;
     // Go's zero time.Time, and anything before the epoch, means "no end known".

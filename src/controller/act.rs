@@ -227,7 +227,7 @@ pub async fn publish(
         note.truncate(cut);
         note.push_str("...");
     }
-    let now = k8s_openapi::jiff::Timestamp::now();
+    let now = jiff::Timestamp::now();
     let regarding = d.object_ref(&());
     let namespace = regarding.namespace.clone().unwrap_or_default();
     let event = K8sEvent {

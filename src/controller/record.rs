@@ -71,7 +71,7 @@ pub fn board(
         format!(
             "{} failing since {} ({} attempt(s)): {}",
             f.action,
-            k8s_openapi::jiff::Timestamp::from_second(f.since as i64)
+            jiff::Timestamp::from_second(f.since as i64)
                 .map(|t| t.to_string())
                 .unwrap_or_default(),
             f.attempts,

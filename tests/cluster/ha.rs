@@ -73,6 +73,19 @@ async fn holder(scene: &Scene) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until `identity` holds the Lease.
+async fn wait_holder(scene: &Scene, identity: &str, within: Duration) {
+    wait_until(within, &format!("{identity} holds the Lease"), || async {
+        let h = holder(scene).await;
+        if h == identity {
+            Ok(())
+        } else {
+            Err(h)
+        }
+    })
+    .await;
+}
+
 /// Two replicas, both ready, and which one leads: (leader, follower).
 async fn two_replicas(scene: &Scene) -> (Daemon, Daemon) {
     let policies = scene.policies(ALERTED_POLICY);
@@ -174,20 +187,7 @@ async fn an_alert_recorded_before_a_leader_change_still_rolls_back() {
     // can tell the next leader.
     assert_eq!(post_web_down(&leader, "firing", "fp-ha-2").await, 200);
     leader.kill();
-    let next = follower.identity.clone();
-    wait_until(
-        Duration::from_secs(40),
-        "the follower takes the Lease",
-        || async {
-            let h = holder(&scene).await;
-            if h == next {
-                Ok(())
-            } else {
-                Err(h)
-            }
-        },
-    )
-    .await;
+    wait_holder(&scene, &follower.identity, Duration::from_secs(40)).await;
     scene.set_image(V2, None).await;
     scene
         .wait_phase(
@@ -392,19 +392,7 @@ async fn a_hung_leader_stops_acting_and_the_other_takes_over() {
     signal(&leader, "-STOP");
     let stopped = k8s_openapi::jiff::Timestamp::now();
     let next = follower.identity.clone();
-    wait_until(
-        Duration::from_secs(60),
-        "the follower takes the Lease",
-        || async {
-            let h = holder(&scene).await;
-            if h == next {
-                Ok(())
-            } else {
-                Err(h)
-            }
-        },
-    )
-    .await;
+    wait_holder(&scene, &next, Duration::from_secs(60)).await;
     // The new leader acts (its Events), then the old one wakes up.
     wait_until(ROLLOUT_TIMEOUT, "an Event from the new leader", || async {
         let events = scene.events().await;
