@@ -10,6 +10,20 @@ use crate::policy::Policy;
 use crate::rollout::{Phase, RolloutState};
 use crate::Error;
 
+/// Every name [`phase_name`] gives, in lifecycle order: what `/v1/rollouts?phase=`
+/// accepts and the order `canaryd status --sort phase` lists.
+pub const PHASE_NAMES: [&str; 9] = [
+    "Idle",
+    "Initializing",
+    "Progressing",
+    "WaitingForGate",
+    "Promoting",
+    "Promoted",
+    "RollingBack",
+    "RolledBack",
+    "Failed",
+];
+
 /// Phase name without the step, as the board and the gauge show it.
 pub fn phase_name(phase: &Phase) -> &'static str {
     match phase {
@@ -173,5 +187,26 @@ pub fn clear_error(ctx: &Context, policy: &Policy) {
         .and_then(|mut errors| errors.remove(&policy.service));
     if had.is_some() {
         set_board_error(ctx, policy, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_lists_every_phase_in_order() {
+        let phases = [
+            Phase::Idle,
+            Phase::Initializing,
+            Phase::Progressing { step: 0 },
+            Phase::WaitingForGate { step: 0 },
+            Phase::Promoting,
+            Phase::Promoted,
+            Phase::RollingBack,
+            Phase::RolledBack,
+            Phase::Failed,
+        ];
+        assert_eq!(phases.each_ref().map(phase_name), PHASE_NAMES);
     }
 }

@@ -1,22 +1,25 @@
 //! The daemon's HTTP surface: health, readiness, metrics, rollout status and
 //! the Alertmanager webhook.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::alerts::{parse_webhook, FiringAlerts, Source, WebhookAlert};
+use crate::controller::record::PHASE_NAMES;
 use crate::daemon::telemetry::Metrics;
 use crate::daemon::token::TokenFile;
 use crate::judge::Verdict;
@@ -62,6 +65,243 @@ pub struct StatusBoard {
     /// Policy files rejected on the last (re)load, one `file:line:column: field: message` each;
     /// the previous valid version of those policies stays in force.
     pub policy_errors: Vec<String>,
+}
+
+/// Largest `limit` `/v1/rollouts` accepts.
+pub const MAX_PAGE: usize = 1000;
+
+/// Longest `service` glob `/v1/rollouts` accepts, in characters.
+pub const MAX_GLOB_CHARS: usize = 253;
+
+/// One page of `/v1/rollouts`: the board's fields, so clients that know only
+/// [`StatusBoard`] still parse it, plus counts and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutsPage {
+    /// This page's rollouts, sorted by namespace, service and deployment, and
+    /// every policy error.
+    #[serde(flatten)]
+    pub board: StatusBoard,
+    /// Rollouts on the board, before filtering (0 from servers without it).
+    #[serde(default)]
+    pub total: usize,
+    /// Rollouts that match the filters, over all pages.
+    #[serde(default)]
+    pub matched: usize,
+    /// Matching rollouts per phase, over all pages.
+    #[serde(default)]
+    pub phases: BTreeMap<String, usize>,
+    /// Opaque token that asks for the next page; absent on the last one.
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// A query parameter of `/v1/rollouts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Param {
+    /// `phase=Progressing[,RollingBack...]`.
+    Phase,
+    /// `namespace=prod` (exact).
+    Namespace,
+    /// `service=web-*` (glob: `*` any characters, `?` one).
+    Service,
+    /// `limit=100`: most rollouts in the page.
+    Limit,
+    /// `continue=<token>`: the page after the one that gave the token.
+    Continue,
+}
+
+impl Param {
+    const ALL: [Param; 5] = [
+        Param::Phase,
+        Param::Namespace,
+        Param::Service,
+        Param::Limit,
+        Param::Continue,
+    ];
+
+    /// The parameter's name in the query string.
+    pub fn name(self) -> &'static str {
+        match self {
+            Param::Phase => "phase",
+            Param::Namespace => "namespace",
+            Param::Service => "service",
+            Param::Limit => "limit",
+            Param::Continue => "continue",
+        }
+    }
+}
+
+impl std::fmt::Display for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a `/v1/rollouts` query is refused (400, naming the parameter).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// A parameter the endpoint does not know.
+    #[error("unknown query parameter {0:?} (known: phase, namespace, service, limit, continue)")]
+    Unknown(String),
+    /// A parameter given more than once.
+    #[error("{0}: given more than once")]
+    Repeated(Param),
+    /// A parameter with an empty value.
+    #[error("{0}: empty value")]
+    Empty(Param),
+    /// A phase no rollout can be in.
+    #[error("phase: unknown phase {0:?} (one of {names})", names = PHASE_NAMES.join(", "))]
+    Phase(String),
+    /// A limit that is not a whole number from 1 to [`MAX_PAGE`].
+    #[error("limit: {0:?} is not a whole number from 1 to {MAX_PAGE}")]
+    Limit(String),
+    /// A glob longer than [`MAX_GLOB_CHARS`].
+    #[error("service: glob longer than {MAX_GLOB_CHARS} characters")]
+    GlobTooLong,
+    /// A continue token this server did not give out.
+    #[error("continue: malformed token")]
+    Continue,
+}
+
+/// Where a page starts after: the sort key of the last rollout shown.
+type PageKey = (String, String, String);
+
+/// The sort key of `/v1/rollouts`: namespace, service, deployment (unique:
+/// the board holds one entry per Deployment).
+fn sort_key(r: &ServiceStatus) -> (&str, &str, &str) {
+    (&r.namespace, &r.service, &r.deployment)
+}
+
+/// A `/v1/rollouts` query, parsed and checked.
+#[derive(Debug, Default)]
+pub struct RolloutQuery {
+    /// Phases to show; empty: all.
+    phases: BTreeSet<&'static str>,
+    namespace: Option<String>,
+    service: Option<regex::Regex>,
+    /// Most rollouts in the page; `None`: all.
+    limit: Option<usize>,
+    /// Show only rollouts sorted after this key.
+    after: Option<PageKey>,
+}
+
+impl RolloutQuery {
+    /// Parses the query string's pairs; every parameter at most once.
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, QueryError> {
+        let mut query = Self::default();
+        let mut seen = BTreeSet::new();
+        for (name, value) in pairs {
+            let param = Param::ALL
+                .into_iter()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| QueryError::Unknown(name.clone()))?;
+            if !seen.insert(param) {
+                return Err(QueryError::Repeated(param));
+            }
+            if value.is_empty() {
+                return Err(QueryError::Empty(param));
+            }
+            match param {
+                Param::Phase => query.phases = parse_phases(value)?,
+                Param::Namespace => query.namespace = Some(value.clone()),
+                Param::Service => query.service = Some(glob(value)?),
+                Param::Limit => query.limit = Some(parse_limit(value)?),
+                Param::Continue => query.after = Some(decode_token(value)?),
+            }
+        }
+        Ok(query)
+    }
+
+    /// Whether `r` passes the filters (the page bounds aside).
+    fn matches(&self, r: &ServiceStatus) -> bool {
+        (self.phases.is_empty() || self.phases.contains(r.phase.as_str()))
+            && self.namespace.as_ref().is_none_or(|n| *n == r.namespace)
+            && self.service.as_ref().is_none_or(|g| g.is_match(&r.service))
+    }
+}
+
+/// A comma-separated list of phase names.
+fn parse_phases(value: &str) -> Result<BTreeSet<&'static str>, QueryError> {
+    value
+        .split(',')
+        .map(|p| {
+            PHASE_NAMES
+                .into_iter()
+                .find(|n| *n == p)
+                .ok_or_else(|| QueryError::Phase(p.to_string()))
+        })
+        .collect()
+}
+
+fn parse_limit(value: &str) -> Result<usize, QueryError> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        _ => Err(QueryError::Limit(value.to_string())),
+    }
+}
+
+/// A whole-name glob as a regex: `*` any characters, `?` one, the rest literal.
+fn glob(pattern: &str) -> Result<regex::Regex, QueryError> {
+    if pattern.chars().count() > MAX_GLOB_CHARS {
+        return Err(QueryError::GlobTooLong);
+    }
+    let mut re = String::from("(?s)^");
+    for c in pattern.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    re.push('$');
+    // Escaped and bounded, so this fails only past the regex size limit.
+    regex::Regex::new(&re).map_err(|_| QueryError::GlobTooLong)
+}
+
+/// The token is base64url of a JSON array; clients treat it as opaque.
+fn encode_token(key: (&str, &str, &str)) -> String {
+    let json = serde_json::Value::from(vec![key.0, key.1, key.2]).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_token(token: &str) -> Result<PageKey, QueryError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| QueryError::Continue)?;
+    serde_json::from_slice(&bytes).map_err(|_| QueryError::Continue)
+}
+
+/// The page of `board` that `query` asks for, sorted by [`sort_key`] (pure).
+/// A token names the last rollout shown, not an offset, so rollouts added or
+/// removed between pages shift nothing the client has yet to see.
+pub fn page(board: &StatusBoard, query: &RolloutQuery) -> RolloutsPage {
+    let mut matching: Vec<&ServiceStatus> =
+        board.rollouts.iter().filter(|r| query.matches(r)).collect();
+    matching.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+    let mut phases = BTreeMap::new();
+    for r in &matching {
+        *phases.entry(r.phase.clone()).or_default() += 1;
+    }
+    let start = query.after.as_ref().map_or(0, |(ns, svc, dep)| {
+        matching.partition_point(|r| sort_key(r) <= (ns.as_str(), svc.as_str(), dep.as_str()))
+    });
+    let rest = &matching[start..];
+    let shown = &rest[..query.limit.unwrap_or(rest.len()).min(rest.len())];
+    let next = match shown.last() {
+        Some(last) if shown.len() < rest.len() => Some(encode_token(sort_key(last))),
+        _ => None,
+    };
+    RolloutsPage {
+        board: StatusBoard {
+            rollouts: shown.iter().map(|r| (*r).clone()).collect(),
+            policy_errors: board.policy_errors.clone(),
+        },
+        total: board.rollouts.len(),
+        matched: matching.len(),
+        phases,
+        next,
+    }
 }
 
 /// What `/readyz` waits for.
@@ -294,9 +534,16 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     }
 }
 
-async fn rollouts(State(state): State<Arc<ServerState>>) -> Response {
+async fn rollouts(
+    State(state): State<Arc<ServerState>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = match RolloutQuery::parse(&params) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
     match state.status.read() {
-        Ok(board) => Json(board.clone()).into_response(),
+        Ok(board) => Json(page(&board, &query)).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "status lock poisoned\n").into_response(),
     }
 }
@@ -635,6 +882,288 @@ mod tests {
             "policies/x.yaml:3:1: alpha: must be below 0.5"
         );
         assert_eq!(body["rollouts"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn rollouts_pages_over_http_and_refuses_bad_parameters_naming_them() {
+        let (url, state, _stop) = start().await;
+        state.status.write().unwrap().rollouts = (0..5)
+            .map(|i| entry("prod", &format!("web-{i}"), "Idle"))
+            .collect();
+        let get = |query: String| {
+            let url = url.clone();
+            async move {
+                let resp = reqwest::get(format!("{url}/v1/rollouts?{query}"))
+                    .await
+                    .unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap())
+            }
+        };
+        let (status, body) = get("service=web-*&limit=3".into()).await;
+        assert_eq!(status, 200, "{body}");
+        let first: RolloutsPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(first.board.rollouts.len(), 3);
+        assert_eq!((first.total, first.matched), (5, 5));
+        // Clients that know only the board still parse a page.
+        let old: StatusBoard = serde_json::from_str(&body).unwrap();
+        assert_eq!(old.rollouts, first.board.rollouts);
+        let token = first.next.unwrap();
+        let (status, body) = get(format!("service=web-*&limit=3&continue={token}")).await;
+        assert_eq!(status, 200, "{body}");
+        let second: RolloutsPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(services(&second), ["web-3", "web-4"]);
+        assert_eq!(second.next, None);
+        for (query, param) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("phase=progressing", "phase"),
+            ("continue=bm90LWEtdG9rZW4", "continue"),
+            ("namespaces=prod", "namespaces"),
+        ] {
+            let (status, body) = get(query.into()).await;
+            assert_eq!(status, 400, "{query}: {body}");
+            assert!(body.contains(param), "{query}: {body}");
+        }
+    }
+
+    fn entry(namespace: &str, service: &str, phase: &str) -> ServiceStatus {
+        ServiceStatus {
+            service: service.into(),
+            namespace: namespace.into(),
+            deployment: service.into(),
+            phase: phase.into(),
+            step: None,
+            last_verdict: None,
+            firing_alerts: Vec::new(),
+            last_error: None,
+            reason: None,
+            failing_action: None,
+        }
+    }
+
+    fn services(page: &RolloutsPage) -> Vec<&str> {
+        page.board
+            .rollouts
+            .iter()
+            .map(|r| r.service.as_str())
+            .collect()
+    }
+
+    fn query(q: &[(&str, &str)]) -> Result<RolloutQuery, QueryError> {
+        let pairs: Vec<(String, String)> = q
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RolloutQuery::parse(&pairs)
+    }
+
+    fn sample() -> StatusBoard {
+        StatusBoard {
+            rollouts: vec![
+                entry("prod", "web-b", "Progressing"),
+                entry("dev", "web-a", "Idle"),
+                entry("prod", "api", "Failed"),
+                entry("prod", "web-a", "Idle"),
+                entry("prod", "web.x", "RollingBack"),
+                entry("prod", "webxx", "Idle"),
+                entry("prod", "xweb-a", "Idle"),
+            ],
+            policy_errors: vec!["policies/x.yaml:1:1: bad".into()],
+        }
+    }
+
+    fn keys(page: &RolloutsPage) -> Vec<String> {
+        page.board
+            .rollouts
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace, r.service))
+            .collect()
+    }
+
+    #[test]
+    fn no_parameters_give_the_whole_board_sorted_with_counts() {
+        let page = page(&sample(), &query(&[]).unwrap());
+        assert_eq!(
+            keys(&page),
+            [
+                "dev/web-a",
+                "prod/api",
+                "prod/web-a",
+                "prod/web-b",
+                "prod/web.x",
+                "prod/webxx",
+                "prod/xweb-a"
+            ]
+        );
+        assert_eq!(
+            (page.total, page.matched, page.next.as_deref()),
+            (7, 7, None)
+        );
+        let phases: Vec<(&str, usize)> =
+            page.phases.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+        assert_eq!(
+            phases,
+            [
+                ("Failed", 1),
+                ("Idle", 4),
+                ("Progressing", 1),
+                ("RollingBack", 1)
+            ]
+        );
+        assert_eq!(page.board.policy_errors, ["policies/x.yaml:1:1: bad"]);
+    }
+
+    #[test]
+    fn filters_combine_and_counts_follow_them() {
+        let board = sample();
+        let by = |q: &[(&str, &str)]| keys(&page(&board, &query(q).unwrap()));
+        assert_eq!(by(&[("namespace", "dev")]), ["dev/web-a"]);
+        assert_eq!(
+            by(&[("phase", "Failed,RollingBack")]),
+            ["prod/api", "prod/web.x"]
+        );
+        assert_eq!(
+            by(&[
+                ("phase", "Idle"),
+                ("namespace", "prod"),
+                ("service", "web*")
+            ]),
+            ["prod/web-a", "prod/webxx"]
+        );
+        let filtered = page(&board, &query(&[("namespace", "prod")]).unwrap());
+        assert_eq!((filtered.total, filtered.matched), (7, 6));
+        assert_eq!(filtered.phases["Idle"], 3);
+    }
+
+    #[test]
+    fn service_globs_match_whole_names_with_star_and_question_mark_only() {
+        let board = sample();
+        let by = |glob: &str| {
+            let page = page(
+                &board,
+                &query(&[("namespace", "prod"), ("service", glob)]).unwrap(),
+            );
+            services(&page).join(" ")
+        };
+        assert_eq!(by("web-*"), "web-a web-b", "anchored at both ends");
+        assert_eq!(by("web?a"), "web-a");
+        assert_eq!(by("web.x"), "web.x", "a dot is literal");
+        assert_eq!(by("web-a*"), "web-a", "a star matches nothing too");
+        assert_eq!(by("*web-a"), "web-a xweb-a");
+        assert_eq!(by("web[x]x"), "", "brackets are literal");
+        assert_eq!(by("*"), "api web-a web-b web.x webxx xweb-a");
+        assert_eq!(
+            query(&[("service", &"*".repeat(MAX_GLOB_CHARS + 1))]).err(),
+            Some(QueryError::GlobTooLong)
+        );
+    }
+
+    #[test]
+    fn continue_tokens_walk_every_match_once_and_survive_board_changes() {
+        let mut board = sample();
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![("limit", "2"), ("namespace", "prod")];
+            if let Some(t) = &token {
+                q.push(("continue", t));
+            }
+            let p = page(&board, &query(&q).unwrap());
+            assert!(p.board.rollouts.len() <= 2);
+            assert_eq!(p.matched, 6 - usize::from(seen.len() >= 2));
+            seen.extend(keys(&p));
+            if seen.len() == 2 {
+                // One already shown goes away: nothing still to come is skipped.
+                board.rollouts.retain(|r| r.service != "api");
+            }
+            match p.next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "prod/api",
+                "prod/web-a",
+                "prod/web-b",
+                "prod/web.x",
+                "prod/webxx",
+                "prod/xweb-a"
+            ]
+        );
+        let last = page(&board, &query(&[("limit", "100")]).unwrap());
+        assert_eq!(last.next, None, "no token when everything fits");
+    }
+
+    #[test]
+    fn a_token_encodes_the_last_key_and_decodes_back() {
+        let token = encode_token(("prod", "web/1", "dé\"q"));
+        assert_eq!(
+            decode_token(&token),
+            Ok(("prod".into(), "web/1".into(), "dé\"q".into()))
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_naming_them() {
+        let not_json = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("[1,2]");
+        for (q, want, message) in [
+            (
+                vec![("continue", "%%%")],
+                QueryError::Continue,
+                "continue: malformed token",
+            ),
+            (
+                vec![("continue", not_json.as_str())],
+                QueryError::Continue,
+                "continue: malformed token",
+            ),
+            (
+                vec![("limit", "0")],
+                QueryError::Limit("0".into()),
+                "limit: \"0\" is not",
+            ),
+            (
+                vec![("limit", "1001")],
+                QueryError::Limit("1001".into()),
+                "limit: ",
+            ),
+            (
+                vec![("limit", "-1")],
+                QueryError::Limit("-1".into()),
+                "limit: ",
+            ),
+            (
+                vec![("limit", "ten")],
+                QueryError::Limit("ten".into()),
+                "limit: ",
+            ),
+            (
+                vec![("phase", "Idle,Paused")],
+                QueryError::Phase("Paused".into()),
+                "phase: unknown phase \"Paused\" (one of Idle, ",
+            ),
+            (
+                vec![("namespace", "")],
+                QueryError::Empty(Param::Namespace),
+                "namespace: empty value",
+            ),
+            (
+                vec![("phase", "Idle"), ("phase", "Failed")],
+                QueryError::Repeated(Param::Phase),
+                "phase: given more than once",
+            ),
+            (
+                vec![("page", "2")],
+                QueryError::Unknown("page".into()),
+                "unknown query parameter \"page\"",
+            ),
+        ] {
+            assert_eq!(query(&q).err(), Some(want.clone()), "{q:?}");
+            assert!(want.to_string().starts_with(message), "{want}");
+        }
+        assert!(query(&[("limit", &MAX_PAGE.to_string())]).is_ok());
     }
 
     async fn start_limited(
