@@ -34,6 +34,10 @@ pub struct Args {
     /// This instance's identity in the Lease (default: pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Reconciles (one Deployment each) that may run at once.
+    #[arg(long, default_value_t = crate::controller::MAX_CONCURRENT_RECONCILES,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.

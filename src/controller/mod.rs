@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
-use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::runtime::{controller, reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
@@ -49,6 +49,11 @@ use crate::{Error, Result};
 
 /// Pause before retrying a reconcile that failed.
 pub const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// Reconciles that may run at once (`--max-concurrent-reconciles`): a wave
+/// of releases is worked through this many Deployments at a time instead of
+/// all at once (each reconcile makes several API requests), while a slow
+/// Prometheus query on one target does not hold up the others.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// Name canaryd reports Events under.
 pub const REPORTER: &str = "canaryd";
 
@@ -371,9 +376,10 @@ where
 }
 
 /// Runs the controller until `shutdown` completes, then lets running
-/// reconciles finish. The watch is restarted (running reconciles finish
-/// first) whenever a policy change needs another namespace scope.
-pub async fn run<F>(ctx: Arc<Context>, shutdown: F)
+/// reconciles finish; at most `concurrency` reconciles run at once. The
+/// watch is restarted (running reconciles finish first) whenever a policy
+/// change needs another namespace scope.
+pub async fn run<F>(ctx: Arc<Context>, concurrency: u16, shutdown: F)
 where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
@@ -392,7 +398,7 @@ where
         .shared();
         let watches = current
             .iter()
-            .map(|ns| run_scoped(ctx.clone(), ns, rx.clone(), stop.clone()));
+            .map(|ns| run_scoped(ctx.clone(), ns, rx.clone(), concurrency, stop.clone()));
         // No policy, nothing to watch: wait for one (or for shutdown).
         futures::future::join(futures::future::join_all(watches), stop.clone()).await;
         if shutdown.clone().now_or_never().is_some() {
@@ -405,6 +411,7 @@ async fn run_scoped<F>(
     ctx: Arc<Context>,
     namespace: &str,
     policies: watch::Receiver<Arc<PolicySet>>,
+    concurrency: u16,
     stop: F,
 ) where
     F: Future<Output = ()> + Send + Sync + 'static,
@@ -423,6 +430,7 @@ async fn run_scoped<F>(
     );
     Controller::for_stream(cached_targets(events, writer), cache)
         .owns(api, arms)
+        .with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(stop)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)

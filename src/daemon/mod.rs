@@ -270,6 +270,10 @@ pub async fn run(
         leader_rx,
         &identity,
     ));
-    let controller = controller::run(ctx, flagged(stop_rx.clone()));
+    let controller = controller::run(
+        ctx,
+        args.max_concurrent_reconciles,
+        flagged(stop_rx.clone()),
+    );
     wait_and_stop(controller, lease_task, lease_stop_tx, server_task).await
 }
