@@ -36,7 +36,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kube::runtime::{controller, reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::daemon::reload::PolicySet;
 use crate::daemon::server::ServerState;
@@ -376,14 +376,16 @@ where
 }
 
 /// Runs the controller until `shutdown` completes, then lets running
-/// reconciles finish; at most `concurrency` reconciles run at once. The
-/// watch is restarted (running reconciles finish first) whenever a policy
-/// change needs another namespace scope.
+/// reconciles finish; at most `concurrency` reconciles run at once, across
+/// all the namespaces watched (one controller each). The watch is restarted
+/// (running reconciles finish first) whenever a policy change needs another
+/// namespace scope.
 pub async fn run<F>(ctx: Arc<Context>, concurrency: u16, shutdown: F)
 where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
     let shutdown = shutdown.shared();
+    let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
     tokio::spawn(watch_removals(ctx.clone(), shutdown.clone()));
     loop {
         let mut rx = ctx.policies.clone();
@@ -396,9 +398,15 @@ where
         )
         .map(|_| ())
         .shared();
-        let watches = current
-            .iter()
-            .map(|ns| run_scoped(ctx.clone(), ns, rx.clone(), concurrency, stop.clone()));
+        let watches = current.iter().map(|ns| {
+            run_scoped(
+                ctx.clone(),
+                ns,
+                rx.clone(),
+                (concurrency, permits.clone()),
+                stop.clone(),
+            )
+        });
         // No policy, nothing to watch: wait for one (or for shutdown).
         futures::future::join(futures::future::join_all(watches), stop.clone()).await;
         if shutdown.clone().now_or_never().is_some() {
@@ -407,11 +415,23 @@ where
     }
 }
 
+/// A reconcile that waits for one of the permits shared by every watched
+/// namespace's controller.
+async fn limited(
+    permits: Arc<Semaphore>,
+    obj: Arc<Deployment>,
+    ctx: Arc<Context>,
+) -> Result<kube::runtime::controller::Action> {
+    // Never closed; were it, running unbounded beats not running.
+    let _permit = permits.acquire().await.ok();
+    reconcile::reconcile(obj, ctx).await
+}
+
 async fn run_scoped<F>(
     ctx: Arc<Context>,
     namespace: &str,
     policies: watch::Receiver<Arc<PolicySet>>,
-    concurrency: u16,
+    (concurrency, permits): (u16, Arc<Semaphore>),
     stop: F,
 ) where
     F: Future<Output = ()> + Send + Sync + 'static,
@@ -430,10 +450,15 @@ async fn run_scoped<F>(
     );
     Controller::for_stream(cached_targets(events, writer), cache)
         .owns(api, arms)
+        // Also bounded per controller: none starts more than could run.
         .with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(stop)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(
+            move |obj, ctx| limited(permits.clone(), obj, ctx),
+            reconcile::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::trace!(object = %obj.name, "Reconciled."),
