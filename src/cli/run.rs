@@ -34,6 +34,19 @@ pub struct Args {
     /// This instance's identity in the Lease (default: pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Reconciles (one Deployment each) that may run at once.
+    #[arg(long, default_value_t = crate::controller::MAX_CONCURRENT_RECONCILES,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+    /// Sustained requests per second canaryd sends to the Kubernetes API
+    /// (Lease renewals are not counted).
+    #[arg(long, default_value_t = crate::k8s::rate_limit::DEFAULT_API_QPS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_qps: u32,
+    /// Requests to the Kubernetes API that may go at once before --kube-api-qps applies.
+    #[arg(long, default_value_t = crate::k8s::rate_limit::DEFAULT_API_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_burst: u32,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.

@@ -34,14 +34,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
-use kube::runtime::Controller;
+use kube::runtime::{controller, reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::daemon::reload::PolicySet;
 use crate::daemon::server::ServerState;
 use crate::k8s::lease::Leadership;
-use crate::k8s::target::ROLE_LABEL;
+use crate::k8s::target::{CANARYD_PREFIX, REVISION_ANNOTATION, ROLE_LABEL};
 use crate::metrics::{MetricSource, PrometheusSource};
 use crate::policy::{Policy, PrometheusConfig};
 use crate::rollout::RolloutState;
@@ -49,6 +49,11 @@ use crate::{Error, Result};
 
 /// Pause before retrying a reconcile that failed.
 pub const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// Reconciles that may run at once (`--max-concurrent-reconciles`): a wave
+/// of releases is worked through this many Deployments at a time instead of
+/// all at once (each reconcile makes several API requests), while a slow
+/// Prometheus query on one target does not hold up the others.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// Name canaryd reports Events under.
 pub const REPORTER: &str = "canaryd";
 
@@ -336,14 +341,51 @@ fn leadership_gained(rx: watch::Receiver<Leadership>) -> impl futures::Stream<It
     })
 }
 
+/// Strips a watched Deployment down to what the controller's cache needs.
+///
+/// A reconcile uses the cached object only to name its target
+/// ([`Context::policy_for`]) and re-reads the target with a GET
+/// ([`crate::k8s::target::observe`]) before deciding anything, so what the
+/// cache holds for each of thousands of Deployments is dropped where it is
+/// large and never read from the cache: `metadata.managedFields`, other
+/// tools' annotations (kubectl's last-applied-configuration alone repeats
+/// the spec) and the status. Kept: identity and labels, canaryd's
+/// annotations and the revision, and the spec (the pod-template hash is
+/// computed from it), so a future reader of the cache finds what it needs.
+pub fn strip_cached(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    if let Some(annotations) = d.metadata.annotations.as_mut() {
+        annotations.retain(|key, _| key.starts_with(CANARYD_PREFIX) || key == REVISION_ANNOTATION);
+    }
+    d.status = None;
+}
+
+/// The watched targets as the controller sees them: each one stripped
+/// ([`strip_cached`]) before `writer` caches it.
+fn cached_targets<S>(
+    events: S,
+    writer: reflector::store::Writer<Deployment>,
+) -> impl futures::Stream<Item = Result<Deployment, watcher::Error>> + Send
+where
+    S: futures::Stream<Item = Result<watcher::Event<Deployment>, watcher::Error>> + Send,
+{
+    events
+        .modify(strip_cached)
+        .reflect(writer)
+        .applied_objects()
+}
+
 /// Runs the controller until `shutdown` completes, then lets running
-/// reconciles finish. The watch is restarted (running reconciles finish
-/// first) whenever a policy change needs another namespace scope.
-pub async fn run<F>(ctx: Arc<Context>, shutdown: F)
+/// reconciles finish; at most `concurrency` reconciles run at once, across
+/// all the namespaces watched (one controller each). The watch is restarted
+/// (running reconciles finish first) whenever a policy change needs another
+/// namespace scope.
+pub async fn run<F>(ctx: Arc<Context>, concurrency: u16, shutdown: F)
 where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
     let shutdown = shutdown.shared();
+    let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
     tokio::spawn(watch_removals(ctx.clone(), shutdown.clone()));
     loop {
         let mut rx = ctx.policies.clone();
@@ -356,9 +398,15 @@ where
         )
         .map(|_| ())
         .shared();
-        let watches = current
-            .iter()
-            .map(|ns| run_scoped(ctx.clone(), ns, rx.clone(), stop.clone()));
+        let watches = current.iter().map(|ns| {
+            run_scoped(
+                ctx.clone(),
+                ns,
+                rx.clone(),
+                (concurrency, permits.clone()),
+                stop.clone(),
+            )
+        });
         // No policy, nothing to watch: wait for one (or for shutdown).
         futures::future::join(futures::future::join_all(watches), stop.clone()).await;
         if shutdown.clone().now_or_never().is_some() {
@@ -367,15 +415,30 @@ where
     }
 }
 
+/// A reconcile that waits for one of the permits shared by every watched
+/// namespace's controller.
+async fn limited(
+    permits: Arc<Semaphore>,
+    obj: Arc<Deployment>,
+    ctx: Arc<Context>,
+) -> Result<kube::runtime::controller::Action> {
+    // Never closed; were it, running unbounded beats not running.
+    let _permit = permits.acquire().await.ok();
+    reconcile::reconcile(obj, ctx).await
+}
+
 async fn run_scoped<F>(
     ctx: Arc<Context>,
     namespace: &str,
     policies: watch::Receiver<Arc<PolicySet>>,
+    (concurrency, permits): (u16, Arc<Semaphore>),
     stop: F,
 ) where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let (cache, writer) = reflector::store();
+    let events = watcher(api.clone(), crate::k8s::client::watch_config());
     let arms = crate::k8s::client::watch_config().labels(ROLE_LABEL);
     // Re-examine every target when leadership is gained, alerts or policies change.
     let triggers = futures::stream::select(
@@ -385,11 +448,17 @@ async fn run_scoped<F>(
         ),
         policy_changes(ctx.clone(), policies, namespace.to_string()),
     );
-    Controller::new(api.clone(), crate::k8s::client::watch_config())
+    Controller::for_stream(cached_targets(events, writer), cache)
         .owns(api, arms)
+        // Also bounded per controller: none starts more than could run.
+        .with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(stop)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(
+            move |obj, ctx| limited(permits.clone(), obj, ctx),
+            reconcile::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::trace!(object = %obj.name, "Reconciled."),
@@ -400,4 +469,95 @@ async fn run_scoped<F>(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::target::{self, APPROVE_ANNOTATION, STATE_ANNOTATION};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+    /// The fixture target as the API server sends it: managed fields, and
+    /// annotations of canaryd, the Deployment controller and kubectl.
+    fn as_watched() -> Deployment {
+        let mut d = fixtures::deployment("v2", true);
+        d.metadata.resource_version = Some(String::from("42"));
+        d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(String::from("kubectl")),
+            ..ManagedFieldsEntry::default()
+        }]);
+        for (key, value) in [
+            (STATE_ANNOTATION, "{}"),
+            (APPROVE_ANNOTATION, "true"),
+            (REVISION_ANNOTATION, "7"),
+            (LAST_APPLIED, "{\"spec\":{}}"),
+            ("example.com/owner", "team-a"),
+        ] {
+            target::set_annotation(&mut d, key, Some(value.to_string()));
+        }
+        d
+    }
+
+    #[test]
+    fn strip_drops_managed_fields_foreign_annotations_and_status() {
+        let mut d = as_watched();
+        strip_cached(&mut d);
+        assert_eq!(d.metadata.managed_fields, None);
+        assert_eq!(d.status, None);
+        let kept: Vec<&str> = d.annotations().keys().map(String::as_str).collect();
+        assert_eq!(
+            kept,
+            [APPROVE_ANNOTATION, STATE_ANNOTATION, REVISION_ANNOTATION]
+        );
+    }
+
+    #[tokio::test]
+    async fn watched_targets_reach_the_controller_and_its_cache_stripped() {
+        let (cache, writer) = reflector::store();
+        let events = futures::stream::iter([
+            watcher::Event::Init,
+            watcher::Event::InitApply(as_watched()),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(as_watched()),
+        ])
+        .map(Ok);
+        let seen: Vec<Deployment> = cached_targets(events, writer)
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(seen.len(), 2, "every watch event triggers a reconcile");
+        let cached = cache.state();
+        assert_eq!(cached.len(), 1);
+        assert_eq!(cached[0].name_any(), fixtures::NAME);
+        assert_eq!(cached[0].metadata.managed_fields, None);
+        assert_eq!(target::annotation(cached[0].as_ref(), LAST_APPLIED), None);
+    }
+
+    #[test]
+    fn strip_keeps_identity_labels_canaryd_annotations_and_the_template() {
+        let before = as_watched();
+        let mut d = before.clone();
+        strip_cached(&mut d);
+        assert_eq!(d.name_any(), before.name_any());
+        assert_eq!(d.namespace(), before.namespace());
+        assert_eq!(d.uid(), before.uid());
+        assert_eq!(d.resource_version(), before.resource_version());
+        assert_eq!(d.labels(), before.labels());
+        assert_eq!(d.spec, before.spec);
+        assert_eq!(target::desired_hash(&d), target::desired_hash(&before));
+        assert_eq!(
+            target::annotation(&d, STATE_ANNOTATION),
+            target::annotation(&before, STATE_ANNOTATION)
+        );
+        assert_eq!(
+            target::annotation(&d, APPROVE_ANNOTATION),
+            Some("true"),
+            "a human's approval is canaryd's to read"
+        );
+    }
 }

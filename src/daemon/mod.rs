@@ -14,6 +14,7 @@ use crate::alerts::poll::{self as alerts_poll, POLL_INTERVAL};
 use crate::controller::{self, Context};
 use crate::k8s::alert_record::{AlertRecordStore, RECORD_SUFFIX};
 use crate::k8s::lease::{self, Elector, Leadership, LeaseConfig};
+use crate::k8s::rate_limit::ApiRateLimit;
 use crate::Error;
 use reload::PolicyStore;
 use server::ServerState;
@@ -126,8 +127,12 @@ fn prepare(args: &crate::cli::run::Args) -> Result<(Arc<ServerState>, Arc<Policy
 
 /// Builds the Kubernetes client and checks that the API answers (a failure
 /// there is only logged: readiness waits for it).
-async fn connect(state: &ServerState) -> Result<Client, ExitCode> {
-    let client = crate::k8s::client::client().await.map_err(fail)?;
+async fn connect(state: &ServerState, args: &crate::cli::run::Args) -> Result<Client, ExitCode> {
+    let limit = ApiRateLimit {
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
+    };
+    let client = crate::k8s::client::client(limit).await.map_err(fail)?;
     match client.apiserver_version().await {
         Ok(v) => {
             state
@@ -218,7 +223,7 @@ pub async fn run(
             })
         }
     };
-    let client = match connect(&state).await {
+    let client = match connect(&state, &args).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -270,6 +275,10 @@ pub async fn run(
         leader_rx,
         &identity,
     ));
-    let controller = controller::run(ctx, flagged(stop_rx.clone()));
+    let controller = controller::run(
+        ctx,
+        args.max_concurrent_reconciles,
+        flagged(stop_rx.clone()),
+    );
     wait_and_stop(controller, lease_task, lease_stop_tx, server_task).await
 }

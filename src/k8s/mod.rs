@@ -1,8 +1,9 @@
 //! The Kubernetes-facing shell: the managed Deployment and its canary and
 //! baseline ([`target`]), traffic routing ([`router`]) and leader election
 //! ([`lease`]), the cluster-wide alert record ([`alert_record`]) and the
-//! client with its timeouts ([`client`]). Everything here talks to the API
-//! server; the decisions come from the pure [`crate::rollout`] engine.
+//! client with its timeouts ([`client`]) and rate limit ([`rate_limit`]).
+//! Everything here talks to the API server; the decisions come from the
+//! pure [`crate::rollout`] engine.
 //!
 //! This module holds what every write shares: the field manager, the
 //! classification of API failures, the one bounded retry on conflicts and
@@ -11,6 +12,7 @@
 pub mod alert_record;
 pub mod client;
 pub mod lease;
+pub mod rate_limit;
 pub mod rbac;
 pub mod router;
 pub mod target;

@@ -20,6 +20,10 @@ use crate::policy::{Policy, Strategy};
 use crate::rollout::{self, PodCounts};
 use crate::{Error, Result};
 
+/// Prefix of every canaryd label and annotation.
+pub const CANARYD_PREFIX: &str = "canaryd.io/";
+/// Annotation the Deployment controller numbers revisions with (read on ReplicaSets).
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// Label telling canary and baseline pods apart (`canary` or `baseline`).
 pub const ROLE_LABEL: &str = "canaryd.io/role";
 /// Annotation on the target holding the versioned [`rollout::RolloutState`] JSON.
@@ -189,7 +193,7 @@ fn counts(d: Option<&Deployment>) -> PodCounts {
 }
 
 fn rs_revision(rs: &ReplicaSet) -> i64 {
-    annotation(rs, "deployment.kubernetes.io/revision")
+    annotation(rs, REVISION_ANNOTATION)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
