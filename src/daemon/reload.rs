@@ -3,8 +3,10 @@
 //!
 //! In production the directory is a mounted ConfigMap: the kubelet writes a
 //! new timestamped directory and swaps the `..data` symlink atomically, so the
-//! store watches the directory itself (not single files) and rescans it on any
-//! event, with a periodic rescan as a backstop for missed events.
+//! store watches the directory itself (not single files) and rescans it when a
+//! policy file or the `..data` link changes, with a periodic rescan as a
+//! backstop for missed events. Access events are ignored: a rescan opens every
+//! file, so waking on them made each rescan cause the next (issue 16).
 //!
 //! The rules live in the pure [`merge`]: a valid file replaces its policy; an
 //! invalid file is rejected with its errors while the previous valid version of
@@ -13,6 +15,7 @@
 //! reads files, and [`PolicyStore::run`] the only part that watches.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -35,6 +38,8 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 /// Wait after the first event before rescanning, so that one edit (editors
 /// write, rename and chmod; the kubelet swaps several links) is one reload.
 pub const SETTLE_DELAY: Duration = Duration::from_millis(200);
+/// The link the kubelet swaps to update a mounted ConfigMap.
+const CONFIGMAP_DATA_LINK: &str = "..data";
 
 /// What one read of the policy path found, file by file.
 #[derive(Debug, Clone, Default)]
@@ -268,6 +273,41 @@ fn unreadable(path: &Path, message: String) -> Scan {
     }
 }
 
+/// Which filesystem events wake a rescan: changes to a policy file, to the
+/// watched path itself or to a ConfigMap's `..data` link. Never access
+/// events: a rescan opens the directory and every file, so they are mostly
+/// canaryd's own (issue 16).
+#[derive(Debug, Clone)]
+struct EventFilter {
+    /// The file name of a single watched policy file; `None` for a directory.
+    file_name: Option<std::ffi::OsString>,
+    dir: PathBuf,
+}
+
+impl EventFilter {
+    fn wakes(&self, event: &notify::Event) -> bool {
+        if event.need_rescan() {
+            return true;
+        }
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
+        // An event without a path says nothing of what it concerns: rescan.
+        event.paths.is_empty() || event.paths.iter().any(|p| self.concerns(p))
+    }
+
+    fn concerns(&self, path: &Path) -> bool {
+        let name = path.file_name();
+        if path == self.dir || name == Some(OsStr::new(CONFIGMAP_DATA_LINK)) {
+            return true;
+        }
+        match &self.file_name {
+            Some(watched) => name == Some(watched.as_os_str()),
+            None => is_policy_file_name(path),
+        }
+    }
+}
+
 /// Timings of a [`PolicyStore`]; defaults are this module's constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReloadOptions {
@@ -454,10 +494,18 @@ impl PolicyStore {
     fn arm(&self, wake: &mpsc::Sender<()>) -> Option<(notify::RecommendedWatcher, Option<u64>)> {
         let dir = self.watch_dir().to_path_buf();
         let wake = wake.clone();
+        let filter = EventFilter {
+            file_name: (!self.path.is_dir())
+                .then(|| self.path.file_name().map(ToOwned::to_owned))
+                .flatten(),
+            dir: dir.clone(),
+        };
         let handler = move |event: notify::Result<notify::Event>| {
-            if let Err(e) = &event {
+            match &event {
+                Ok(event) if !filter.wakes(event) => return,
+                Ok(_) => {}
                 // Overflowed queues end up here too: rescan, which reads everything.
-                tracing::debug!(error = %e, "Policy directory watch error; rescanning.");
+                Err(e) => tracing::debug!(error = %e, "Policy directory watch error; rescanning."),
             }
             // Full means a wake-up is already pending.
             let _ = wake.try_send(());
@@ -886,5 +934,51 @@ alerts:
         let missing = scan(&dir.path().join("nope"));
         assert!(missing.files.is_empty());
         assert!(missing.unreadable.is_some());
+    }
+
+    fn event(kind: notify::EventKind, path: &Path) -> notify::Event {
+        notify::Event::new(kind).add_path(path.to_path_buf())
+    }
+
+    #[test]
+    fn reading_the_policies_wakes_no_rescan_but_changes_do() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
+        use notify::event::{RemoveKind, RenameMode};
+        use notify::EventKind as K;
+        let dir = PathBuf::from("/policies");
+        let filter = EventFilter {
+            file_name: None,
+            dir: dir.clone(),
+        };
+        let a = dir.join("a.yaml");
+        let open = K::Access(AccessKind::Open(AccessMode::Any));
+        let closed = K::Access(AccessKind::Close(AccessMode::Read));
+        // What a scan itself causes: opening the directory and each file.
+        for quiet in [event(open, &dir), event(open, &a), event(closed, &a)] {
+            assert!(!filter.wakes(&quiet), "{quiet:?}");
+        }
+        let written = K::Modify(ModifyKind::Data(DataChange::Any));
+        let renamed = K::Modify(ModifyKind::Name(RenameMode::To));
+        for change in [
+            event(written, &a),
+            event(K::Create(CreateKind::File), &dir.join("b.yml")),
+            event(K::Remove(RemoveKind::File), &a),
+            event(renamed, &dir.join("..data")),
+            event(K::Remove(RemoveKind::Folder), &dir),
+            notify::Event::new(K::Other).set_flag(notify::event::Flag::Rescan),
+        ] {
+            assert!(filter.wakes(&change), "{change:?}");
+        }
+        // Files that are not policies, e.g. an editor's swap file.
+        assert!(!filter.wakes(&event(written, &dir.join(".a.yaml.swp"))));
+        assert!(!filter.wakes(&event(renamed, &dir.join("..data_tmp"))));
+
+        let single = EventFilter {
+            file_name: Some("a.yaml".into()),
+            dir: dir.clone(),
+        };
+        assert!(single.wakes(&event(written, &a)));
+        assert!(!single.wakes(&event(written, &dir.join("other.yaml"))));
+        assert!(!single.wakes(&event(open, &a)));
     }
 }
