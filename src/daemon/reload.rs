@@ -3,29 +3,40 @@
 //!
 //! In production the directory is a mounted ConfigMap: the kubelet writes a
 //! new timestamped directory and swaps the `..data` symlink atomically, so the
-//! store watches the directory itself (not single files) and rescans it on any
-//! event, with a periodic rescan as a backstop for missed events.
+//! store watches the directory itself (not single files) and rescans it when a
+//! policy file or the `..data` link changes, with a periodic rescan as a
+//! backstop for missed events. Access events are ignored: a rescan opens every
+//! file, so waking on them made each rescan cause the next (issue 16).
+//!
+//! A rescan reads only files whose stamp (mtime, size, inode) changed, and
+//! parses only those whose content hash changed; an unchanged file keeps its
+//! validated policy, the same [`Arc`].
 //!
 //! The rules live in the pure [`merge`]: a valid file replaces its policy; an
 //! invalid file is rejected with its errors while the previous valid version of
 //! *that* file stays in force; a deleted file removes its policy; two files for
-//! one Deployment keep the one already in force. [`scan`] is the only part that
-//! reads files, and [`PolicyStore::run`] the only part that watches.
+//! one Deployment keep the one already in force. [`scan`] and the store's file
+//! cache are the only parts that read files, and [`PolicyStore::run`] the only
+//! part that watches.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::fs::Metadata;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use serde_saphyr::Location;
 use tokio::sync::{mpsc, watch};
 
 use crate::daemon::server::ServerState;
+use crate::hash::fnv1a64;
 use crate::policy::{
-    is_policy_file_name, load_validated, Claims, Policy, PolicyError, PolicyErrors, Validated,
+    is_policy_file_name, load_validated, parse_validated_bytes, read_policy_bytes, Claims, Policy,
+    PolicyError, PolicyErrors, Validated,
 };
 pub use crate::policy::{PolicySet, Target};
 
@@ -35,6 +46,13 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 /// Wait after the first event before rescanning, so that one edit (editors
 /// write, rename and chmod; the kubelet swaps several links) is one reload.
 pub const SETTLE_DELAY: Duration = Duration::from_millis(200);
+/// A file's stamp (mtime, size, inode) vouches for its content only once its
+/// mtime is this old when read: a second edit within the filesystem's
+/// timestamp granularity can keep all three, so younger files are re-read and
+/// hashed on every scan.
+pub const STAMP_SETTLE: Duration = Duration::from_secs(2);
+/// The link the kubelet swaps to update a mounted ConfigMap.
+const CONFIGMAP_DATA_LINK: &str = "..data";
 
 /// What one read of the policy path found, file by file.
 #[derive(Debug, Clone, Default)]
@@ -83,6 +101,49 @@ pub struct Merged {
 ///   else the first by name; the other falls back to its own previous version
 ///   when it has one.
 pub fn merge(current: &PolicySet, scan: Scan) -> Merged {
+    let files = scan
+        .files
+        .into_iter()
+        .map(|(file, result)| (file, result.map(Valid::from)))
+        .collect();
+    merge_loaded(
+        current,
+        LoadedScan {
+            files,
+            unreadable: scan.unreadable,
+        },
+    )
+}
+
+/// A valid policy file as a merge needs it. The policy is shared so that a
+/// file unchanged since the last scan keeps the very `Arc` in force.
+#[derive(Debug, Clone)]
+struct Valid {
+    policy: Arc<Policy>,
+    deployment_at: Location,
+}
+
+impl From<Validated> for Valid {
+    fn from(v: Validated) -> Self {
+        Valid {
+            policy: Arc::new(v.policy),
+            deployment_at: v.deployment_at,
+        }
+    }
+}
+
+/// The load result of one file.
+type Loaded = Result<Valid, PolicyErrors>;
+
+/// A [`Scan`] whose valid policies are shared.
+#[derive(Debug, Default)]
+struct LoadedScan {
+    files: BTreeMap<PathBuf, Loaded>,
+    unreadable: Option<PolicyError>,
+}
+
+/// [`merge`] on shared policies.
+fn merge_loaded(current: &PolicySet, scan: LoadedScan) -> Merged {
     if let Some(error) = scan.unreadable {
         return Merged {
             set: current.clone(),
@@ -97,15 +158,16 @@ pub fn merge(current: &PolicySet, scan: Scan) -> Merged {
     let mut deployment_at: BTreeMap<PathBuf, Location> = BTreeMap::new();
     for (file, result) in scan.files {
         match result {
-            Ok(Validated {
-                policy,
-                deployment_at: at,
-            }) => {
-                deployment_at.insert(file.clone(), at);
+            Ok(valid) => {
+                deployment_at.insert(file.clone(), valid.deployment_at);
                 // Unchanged content keeps the same Arc, so subscribers can compare cheaply.
                 let policy = match current.by_file.get(&file) {
-                    Some(previous) if **previous == policy => previous.clone(),
-                    _ => Arc::new(policy),
+                    Some(previous)
+                        if Arc::ptr_eq(previous, &valid.policy) || **previous == *valid.policy =>
+                    {
+                        previous.clone()
+                    }
+                    _ => valid.policy,
                 };
                 proposed.insert(file, policy);
             }
@@ -137,7 +199,8 @@ pub fn merge(current: &PolicySet, scan: Scan) -> Merged {
         let change = match current.by_file.get(file) {
             _ if held.contains(file) => Some(FileChange::Held),
             None => Some(FileChange::Added),
-            Some(previous) if previous != policy => Some(FileChange::Updated),
+            // Equal content shares the previous Arc (above), so identity is equality.
+            Some(previous) if !Arc::ptr_eq(previous, policy) => Some(FileChange::Updated),
             Some(_) => None,
         };
         if let Some(change) = change {
@@ -215,56 +278,234 @@ fn resolve_conflicts(
 /// A dangling symlink counts as absent: during a ConfigMap update the link of
 /// a removed key dangles until the kubelet deletes it.
 pub fn scan(path: &Path) -> Scan {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => return unreadable(path, format!("cannot read policy path: {e}")),
-    };
-    let mut files = BTreeMap::new();
-    if !meta.is_dir() {
-        files.insert(path.to_path_buf(), load_validated(path));
-        return Scan {
-            files,
+    match list(path) {
+        Ok(entries) => Scan {
+            files: entries
+                .into_iter()
+                .map(|entry| match entry {
+                    Entry::File(file, _) => {
+                        let loaded = load_validated(&file);
+                        (file, loaded)
+                    }
+                    Entry::Failed(file, error) => (file, Err(error.into())),
+                })
+                .collect(),
             unreadable: None,
-        };
+        },
+        Err(error) => Scan {
+            files: BTreeMap::new(),
+            unreadable: Some(error),
+        },
     }
-    let entries = match std::fs::read_dir(path) {
-        Ok(e) => e,
-        Err(e) => return unreadable(path, format!("cannot list directory: {e}")),
-    };
-    for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => return unreadable(path, format!("cannot list directory: {e}")),
-        };
-        let file = entry.path();
+}
+
+/// One policy file of the policy path, before it is read.
+enum Entry {
+    /// A file and its metadata (of the symlink's target).
+    File(PathBuf, Metadata),
+    /// A file whose metadata cannot be read.
+    Failed(PathBuf, PolicyError),
+}
+
+/// The policy files of the policy path (see [`scan`]), or why the path
+/// itself cannot be read.
+fn list(path: &Path) -> Result<Vec<Entry>, PolicyError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| unreadable(path, format!("cannot read policy path: {e}")))?;
+    if !meta.is_dir() {
+        return Ok(vec![Entry::File(path.to_path_buf(), meta)]);
+    }
+    let cannot_list = |e: std::io::Error| unreadable(path, format!("cannot list directory: {e}"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(cannot_list)? {
+        let file = entry.map_err(cannot_list)?.path();
         if !is_policy_file_name(&file) {
             continue;
         }
         match std::fs::metadata(&file) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                files.insert(file.clone(), load_validated(&file));
-            }
+            Ok(m) => found.push(Entry::File(file, m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 let error = PolicyError::whole_file(&file, format!("cannot read file: {e}"));
-                files.insert(file, Err(error.into()));
+                found.push(Entry::Failed(file, error));
             }
         }
     }
-    Scan {
-        files,
-        unreadable: None,
+    Ok(found)
+}
+
+fn unreadable(path: &Path, message: String) -> PolicyError {
+    PolicyError::whole_file(path, format!("{message}; the policies in force are kept"))
+}
+
+/// A file's version as its metadata shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Self {
+        Stamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            inode: inode(meta),
+        }
+    }
+
+    /// Whether this stamp, read at `now`, vouches for the content from now
+    /// on: any later write gets a later mtime ([`STAMP_SETTLE`]).
+    fn settled_at(&self, now: SystemTime) -> bool {
+        self.modified
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= STAMP_SETTLE)
     }
 }
 
-fn unreadable(path: &Path, message: String) -> Scan {
-    Scan {
-        files: BTreeMap::new(),
-        unreadable: Some(PolicyError::whole_file(
-            path,
-            format!("{message}; the policies in force are kept"),
-        )),
+#[cfg(unix)]
+fn inode(meta: &Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(meta)
+}
+
+#[cfg(not(unix))]
+fn inode(_meta: &Metadata) -> u64 {
+    0
+}
+
+/// What the last scan learnt about one file.
+#[derive(Debug, Clone)]
+struct Cached {
+    stamp: Stamp,
+    /// The stamp alone vouches for the content ([`Stamp::settled_at`]).
+    settled: bool,
+    /// FNV-1a of the content.
+    hash: u64,
+    loaded: Loaded,
+}
+
+/// Work counters of a [`PolicyStore`] since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReloadStats {
+    /// Scans of the policy path, the first load included.
+    pub scans: u64,
+    /// Files read (their stamp changed or had not settled).
+    pub files_read: u64,
+    /// Files parsed and validated (their content changed).
+    pub files_parsed: u64,
+}
+
+/// The files of earlier scans, so that a scan parses only what changed.
+#[derive(Debug, Default)]
+struct FileCache {
+    files: BTreeMap<PathBuf, Cached>,
+    stats: ReloadStats,
+}
+
+impl FileCache {
+    /// Scans `path` like [`scan`], reading only the files whose stamp
+    /// changed and parsing only those whose content changed.
+    fn scan(&mut self, path: &Path) -> LoadedScan {
+        self.stats.scans += 1;
+        let entries = match list(path) {
+            Ok(entries) => entries,
+            // Nothing is forgotten: the files are likely back unchanged.
+            Err(error) => {
+                return LoadedScan {
+                    files: BTreeMap::new(),
+                    unreadable: Some(error),
+                }
+            }
+        };
+        let now = SystemTime::now();
+        let mut previous = std::mem::take(&mut self.files);
+        let mut files = BTreeMap::new();
+        for entry in entries {
+            let (file, loaded) = match entry {
+                Entry::File(file, meta) => {
+                    let cached = previous.remove(&file);
+                    let loaded = self.load(&file, Stamp::of(&meta), cached, now);
+                    (file, loaded)
+                }
+                Entry::Failed(file, error) => (file, Err(error.into())),
+            };
+            files.insert(file, loaded);
+        }
+        LoadedScan {
+            files,
+            unreadable: None,
+        }
+    }
+
+    /// One file's load result: the cached one while its stamp or content is
+    /// unchanged, else parsed anew. Read errors are not cached (retried).
+    fn load(
+        &mut self,
+        file: &Path,
+        stamp: Stamp,
+        cached: Option<Cached>,
+        now: SystemTime,
+    ) -> Loaded {
+        if let Some(c) = cached.as_ref().filter(|c| c.settled && c.stamp == stamp) {
+            let loaded = c.loaded.clone();
+            self.files.insert(file.to_path_buf(), c.clone());
+            return loaded;
+        }
+        self.stats.files_read += 1;
+        let bytes = read_policy_bytes(file)?;
+        let hash = fnv1a64(bytes.iter().copied());
+        let loaded = match cached {
+            Some(c) if c.hash == hash => c.loaded,
+            _ => {
+                self.stats.files_parsed += 1;
+                parse_validated_bytes(&bytes, file).map(Valid::from)
+            }
+        };
+        let entry = Cached {
+            stamp,
+            settled: stamp.settled_at(now),
+            hash,
+            loaded: loaded.clone(),
+        };
+        self.files.insert(file.to_path_buf(), entry);
+        loaded
+    }
+}
+
+/// Which filesystem events wake a rescan: changes to a policy file, to the
+/// watched path itself or to a ConfigMap's `..data` link. Never access
+/// events: a rescan opens the directory and every file, so they are mostly
+/// canaryd's own (issue 16).
+#[derive(Debug, Clone)]
+struct EventFilter {
+    /// The file name of a single watched policy file; `None` for a directory.
+    file_name: Option<std::ffi::OsString>,
+    dir: PathBuf,
+}
+
+impl EventFilter {
+    fn wakes(&self, event: &notify::Event) -> bool {
+        if event.need_rescan() {
+            return true;
+        }
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
+        // An event without a path says nothing of what it concerns: rescan.
+        event.paths.is_empty() || event.paths.iter().any(|p| self.concerns(p))
+    }
+
+    fn concerns(&self, path: &Path) -> bool {
+        let name = path.file_name();
+        if path == self.dir || name == Some(OsStr::new(CONFIGMAP_DATA_LINK)) {
+            return true;
+        }
+        match &self.file_name {
+            Some(watched) => name == Some(watched.as_os_str()),
+            None => is_policy_file_name(path),
+        }
     }
 }
 
@@ -301,8 +542,9 @@ pub struct PolicyStore {
     policies: watch::Sender<Arc<PolicySet>>,
     errors: watch::Sender<Arc<Vec<String>>>,
     server: Option<Arc<ServerState>>,
+    stats: watch::Sender<ReloadStats>,
     // Serialises reloads: read current → merge → publish is one step.
-    reloading: Mutex<()>,
+    cache: Mutex<FileCache>,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -326,18 +568,21 @@ impl PolicyStore {
     /// Like [`PolicyStore::open`] with explicit timings.
     pub fn with_options(path: impl Into<PathBuf>, options: ReloadOptions) -> Self {
         let path = path.into();
-        let merged = merge(&PolicySet::default(), scan(&path));
+        let mut cache = FileCache::default();
+        let merged = merge_loaded(&PolicySet::default(), cache.scan(&path));
         let errors: Vec<String> = merged.errors.iter().map(ToString::to_string).collect();
         log_changes(&merged, true);
         let (policies, _) = watch::channel(Arc::new(merged.set));
         let (errors, _) = watch::channel(Arc::new(errors));
+        let (stats, _) = watch::channel(cache.stats);
         PolicyStore {
             path,
             options,
             policies,
             errors,
             server: None,
-            reloading: Mutex::new(()),
+            stats,
+            cache: Mutex::new(cache),
         }
     }
 
@@ -374,12 +619,24 @@ impl PolicyStore {
         self.errors.subscribe()
     }
 
-    /// Rescans the path now and publishes what changed. Blocking file I/O:
-    /// call it from a blocking context (the watch loop does).
+    /// Work done so far: scans, files read, files parsed.
+    pub fn stats(&self) -> ReloadStats {
+        *self.stats.borrow()
+    }
+
+    /// A receiver that sees the work counters after every scan.
+    pub fn subscribe_stats(&self) -> watch::Receiver<ReloadStats> {
+        self.stats.subscribe()
+    }
+
+    /// Rescans the path now and publishes what changed; only changed files
+    /// are parsed. Blocking file I/O and parsing: call it from a blocking
+    /// context (the watch loop does).
     pub fn reload(&self) -> Merged {
-        let _guard = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.current();
-        let merged = merge(&current, scan(&self.path));
+        let merged = merge_loaded(&current, cache.scan(&self.path));
+        self.stats.send_replace(cache.stats);
         let errors: Vec<String> = merged.errors.iter().map(ToString::to_string).collect();
         let errors_changed = **self.errors.borrow() != errors;
         log_changes(&merged, errors_changed);
@@ -390,7 +647,7 @@ impl PolicyStore {
             }
             self.errors.send_replace(Arc::new(errors));
         }
-        if merged.set != *current {
+        if !same_policies(&merged.set, &current) {
             self.policies.send_replace(Arc::new(merged.set.clone()));
         }
         merged
@@ -454,10 +711,18 @@ impl PolicyStore {
     fn arm(&self, wake: &mpsc::Sender<()>) -> Option<(notify::RecommendedWatcher, Option<u64>)> {
         let dir = self.watch_dir().to_path_buf();
         let wake = wake.clone();
+        let filter = EventFilter {
+            file_name: (!self.path.is_dir())
+                .then(|| self.path.file_name().map(ToOwned::to_owned))
+                .flatten(),
+            dir: dir.clone(),
+        };
         let handler = move |event: notify::Result<notify::Event>| {
-            if let Err(e) = &event {
+            match &event {
+                Ok(event) if !filter.wakes(event) => return,
+                Ok(_) => {}
                 // Overflowed queues end up here too: rescan, which reads everything.
-                tracing::debug!(error = %e, "Policy directory watch error; rescanning.");
+                Err(e) => tracing::debug!(error = %e, "Policy directory watch error; rescanning."),
             }
             // Full means a wake-up is already pending.
             let _ = wake.try_send(());
@@ -483,6 +748,17 @@ impl PolicyStore {
             }
         }
     }
+}
+
+/// Whether two sets hold the same policies. Merging keeps the previous `Arc`
+/// of an unchanged policy, so identity suffices and no policy is compared
+/// field by field.
+fn same_policies(a: &PolicySet, b: &PolicySet) -> bool {
+    a.by_file.len() == b.by_file.len()
+        && a.by_file
+            .iter()
+            .zip(&b.by_file)
+            .all(|((fa, pa), (fb, pb))| fa == fb && Arc::ptr_eq(pa, pb))
 }
 
 /// Identity of a directory (inode), to notice it being replaced.
@@ -886,5 +1162,123 @@ alerts:
         let missing = scan(&dir.path().join("nope"));
         assert!(missing.files.is_empty());
         assert!(missing.unreadable.is_some());
+    }
+
+    fn event(kind: notify::EventKind, path: &Path) -> notify::Event {
+        notify::Event::new(kind).add_path(path.to_path_buf())
+    }
+
+    #[test]
+    fn reading_the_policies_wakes_no_rescan_but_changes_do() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
+        use notify::event::{RemoveKind, RenameMode};
+        use notify::EventKind as K;
+        let dir = PathBuf::from("/policies");
+        let filter = EventFilter {
+            file_name: None,
+            dir: dir.clone(),
+        };
+        let a = dir.join("a.yaml");
+        let open = K::Access(AccessKind::Open(AccessMode::Any));
+        let closed = K::Access(AccessKind::Close(AccessMode::Read));
+        // What a scan itself causes: opening the directory and each file.
+        for quiet in [event(open, &dir), event(open, &a), event(closed, &a)] {
+            assert!(!filter.wakes(&quiet), "{quiet:?}");
+        }
+        let written = K::Modify(ModifyKind::Data(DataChange::Any));
+        let renamed = K::Modify(ModifyKind::Name(RenameMode::To));
+        for change in [
+            event(written, &a),
+            event(K::Create(CreateKind::File), &dir.join("b.yml")),
+            event(K::Remove(RemoveKind::File), &a),
+            event(renamed, &dir.join("..data")),
+            event(K::Remove(RemoveKind::Folder), &dir),
+            notify::Event::new(K::Other).set_flag(notify::event::Flag::Rescan),
+        ] {
+            assert!(filter.wakes(&change), "{change:?}");
+        }
+        // Files that are not policies, e.g. an editor's swap file.
+        assert!(!filter.wakes(&event(written, &dir.join(".a.yaml.swp"))));
+        assert!(!filter.wakes(&event(renamed, &dir.join("..data_tmp"))));
+
+        let single = EventFilter {
+            file_name: Some("a.yaml".into()),
+            dir: dir.clone(),
+        };
+        assert!(single.wakes(&event(written, &a)));
+        assert!(!single.wakes(&event(written, &dir.join("other.yaml"))));
+        assert!(!single.wakes(&event(open, &a)));
+    }
+
+    /// Sets a file's mtime an hour back, so that its stamp settles.
+    fn age(file: &Path) {
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let f = std::fs::File::options().write(true).open(file).unwrap();
+        f.set_modified(hour_ago).unwrap();
+    }
+
+    #[test]
+    fn a_rescan_parses_only_changed_files_and_keeps_the_others_arc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, yaml("a", "a", "1m")).unwrap();
+        std::fs::write(&b, yaml("b", "b", "1m")).unwrap();
+        let mut cache = FileCache::default();
+        let first = merge_loaded(&PolicySet::default(), cache.scan(dir.path()));
+        assert_eq!(first.set.len(), 2);
+        assert_eq!((cache.stats.files_read, cache.stats.files_parsed), (2, 2));
+
+        // Fresh stamps are not trusted: read and hashed again, not parsed.
+        let again = merge_loaded(&first.set, cache.scan(dir.path()));
+        assert_eq!((cache.stats.files_read, cache.stats.files_parsed), (4, 2));
+        assert!(again.changes.is_empty());
+        assert!(same_policies(&again.set, &first.set));
+
+        // Settled stamps are: nothing is read.
+        age(&a);
+        age(&b);
+        cache.scan(dir.path());
+        assert_eq!((cache.stats.files_read, cache.stats.files_parsed), (6, 2));
+        cache.scan(dir.path());
+        assert_eq!((cache.stats.files_read, cache.stats.files_parsed), (6, 2));
+
+        // One edit: one read, one parse; b keeps its Arc.
+        std::fs::write(&a, yaml("a", "a", "5m")).unwrap();
+        let edited = merge_loaded(&again.set, cache.scan(dir.path()));
+        assert_eq!(cache.stats.scans, 5);
+        assert_eq!((cache.stats.files_read, cache.stats.files_parsed), (7, 3));
+        let in_dir = |pairs: &[(&str, FileChange)]| -> BTreeMap<PathBuf, FileChange> {
+            pairs
+                .iter()
+                .map(|(f, c)| (dir.path().join(f), *c))
+                .collect()
+        };
+        assert_eq!(edited.changes, in_dir(&[("a.yaml", FileChange::Updated)]));
+        let b_before = first.set.in_file(&b).unwrap();
+        assert!(Arc::ptr_eq(b_before, edited.set.in_file(&b).unwrap()));
+        assert_eq!(
+            observe_of(&edited.set, &a.to_string_lossy()),
+            Some(Duration::from_secs(300))
+        );
+
+        // A deleted file leaves the cache; a broken one is reported each scan.
+        std::fs::remove_file(&b).unwrap();
+        std::fs::write(&a, "service: broken\nbogus: 1\n").unwrap();
+        let broken = merge_loaded(&edited.set, cache.scan(dir.path()));
+        assert_eq!(cache.files.len(), 1);
+        assert_eq!(
+            broken.changes,
+            changes(&[
+                ("a.yaml", FileChange::Held),
+                ("b.yaml", FileChange::Removed)
+            ])
+            .into_iter()
+            .map(|(f, c)| (dir.path().join(f), c))
+            .collect()
+        );
+        let still = merge_loaded(&broken.set, cache.scan(dir.path()));
+        assert_eq!(cache.stats.files_parsed, 4);
+        assert_eq!(still.errors, broken.errors);
+        assert!(!still.errors.is_empty());
     }
 }

@@ -106,6 +106,12 @@ fn too_large(file: &Path, size: u64) -> PolicyError {
 /// Reads, parses and validates one policy file, keeping where it names its
 /// Deployment.
 pub fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
+    let bytes = read_policy_bytes(path)?;
+    parse_validated_bytes(&bytes, path)
+}
+
+/// Reads one policy file's bytes, within [`MAX_POLICY_BYTES`].
+pub fn read_policy_bytes(path: &Path) -> Result<Vec<u8>, PolicyErrors> {
     let meta = fs::metadata(path)
         .map_err(|e| PolicyError::whole_file(path, format!("cannot read file: {e}")))?;
     if meta.is_dir() {
@@ -124,16 +130,22 @@ pub fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
     if bytes.len() as u64 > MAX_POLICY_BYTES {
         return Err(too_large(path, bytes.len() as u64).into());
     }
-    let text = match String::from_utf8(bytes) {
+    Ok(bytes)
+}
+
+/// Parses and validates one policy from a file's bytes (UTF-8 YAML); `file`
+/// is used in messages.
+pub fn parse_validated_bytes(bytes: &[u8], file: &Path) -> Result<Validated, PolicyErrors> {
+    let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let good = &bytes[..e.valid_up_to()];
             // Valid prefix, so this cannot fail; the fallback only avoids a panic path.
             let prefix = std::str::from_utf8(good).unwrap_or("");
             let line = prefix.matches('\n').count() + 1;
             let column = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             return Err(PolicyError {
-                file: path.to_path_buf(),
+                file: file.to_path_buf(),
                 line,
                 column,
                 path: String::new(),
@@ -142,7 +154,7 @@ pub fn load_validated(path: &Path) -> Result<Validated, PolicyErrors> {
             .into());
         }
     };
-    parse_validated(&text, path)
+    parse_validated(text, file)
 }
 
 const EMPTY: &str =

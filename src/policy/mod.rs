@@ -18,7 +18,7 @@ pub use defaults::{default_metrics, DEFAULT_ALPHA, DEFAULT_MIN_REQUESTS_PER_STEP
 pub use error::{PolicyError, PolicyErrors};
 pub use load::{
     is_policy_file_name, load_file, load_paths, load_validated, parse_str, parse_validated,
-    MAX_POLICY_BYTES,
+    parse_validated_bytes, read_policy_bytes, MAX_POLICY_BYTES,
 };
 pub(crate) use set::Claims;
 pub use set::{PolicySet, Target};

@@ -335,3 +335,79 @@ async fn a_single_policy_file_is_watched_too() {
     .await;
     assert_eq!(set.len(), 1);
 }
+
+/// Policies in the scale test, as in issue 16.
+const MANY: usize = 1_000;
+/// How long an idle directory is watched for rescans.
+const IDLE: Duration = Duration::from_secs(3);
+
+/// `count` policies like policies/myapp.yaml, each with its own service and
+/// Deployment; returns the paths.
+fn write_many(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
+    let template = include_str!("../../policies/myapp.yaml");
+    (0..count)
+        .map(|i| {
+            let file = dir.join(format!("svc-{i:04}.yaml"));
+            write(&file, &template.replace("myapp", &format!("svc-{i:04}")));
+            file
+        })
+        .collect()
+}
+
+/// Starts the watch loop and waits for its first rescan (the one that covers
+/// changes made while the watch was being set up).
+async fn start_and_settle(store: &Arc<PolicyStore>) -> oneshot::Sender<()> {
+    let mut stats = store.subscribe_stats();
+    let stop = start(store);
+    tokio::time::timeout(WAIT, stats.wait_for(|s| s.scans >= 2))
+        .await
+        .expect("the watch loop's first rescan")
+        .expect("store alive");
+    stop
+}
+
+#[tokio::test]
+async fn an_idle_directory_is_not_rescanned() {
+    let dir = tempfile::tempdir().unwrap();
+    write_many(dir.path(), 20);
+    let store = Arc::new(PolicyStore::open(dir.path()));
+    assert_eq!(store.current().len(), 20, "{:?}", store.errors());
+    let _stop = start_and_settle(&store).await;
+    let settled = store.stats();
+    // Reading the files must not wake a rescan (it did, in a loop: issue 16).
+    tokio::time::sleep(IDLE).await;
+    assert_eq!(store.stats(), settled);
+    assert_eq!(settled.scans, 2);
+    assert_eq!(settled.files_parsed, 20);
+}
+
+#[tokio::test]
+async fn an_edit_among_a_thousand_policies_parses_only_that_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_many(dir.path(), MANY);
+    let store = Arc::new(PolicyStore::open(dir.path()));
+    assert_eq!(store.current().len(), MANY, "{:?}", store.errors());
+    assert_eq!(store.stats().files_parsed, MANY as u64);
+    let before = store.current();
+    let mut policies = store.subscribe();
+    let _stop = start_and_settle(&store).await;
+    assert_eq!(store.stats().files_parsed, MANY as u64, "nothing changed");
+
+    let edited = &files[MANY / 2];
+    let text = std::fs::read_to_string(edited).unwrap();
+    write(edited, &text.replace("observe: 10m", "observe: 11m"));
+    let service = format!("svc-{:04}", MANY / 2);
+    let after = wait_until(&mut policies, "one policy edited", |s| {
+        observe(s, &service) == Some(Duration::from_secs(660))
+    })
+    .await;
+    assert_eq!(store.stats().files_parsed, MANY as u64 + 1);
+    assert_eq!(after.len(), MANY);
+    // Every other policy is the very same Arc.
+    let kept = files
+        .iter()
+        .filter(|f| *f != edited)
+        .filter(|f| Arc::ptr_eq(before.in_file(f).unwrap(), after.in_file(f).unwrap()))
+        .count();
+    assert_eq!(kept, MANY - 1);
+}
